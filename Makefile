@@ -1,0 +1,61 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-cron pgbouncer libpq-dev
+
+.PHONY: demo test lint typecheck pytest sysdeps venv bench soak migration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs the servers the tests start (real PostgreSQL, pg_cron, PgBouncer).
+# Needs root for apt; as another user it checks and explains instead.
+sysdeps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/idmint demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check pyfacade tests bench tools
+	$(BIN)/ruff format --check pyfacade tests bench tools
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# The generated initial migration must match sql/ (sql/ is the one place code is written).
+migration: $(STAMP)
+	$(BIN)/python tools/build_migration.py
+
+pytest: $(STAMP) sysdeps
+	$(BIN)/python tools/build_migration.py --check
+	$(BIN)/pytest -q -p no:randomly
+
+test: sysdeps $(STAMP) lint typecheck pytest
+
+bench: $(STAMP) sysdeps
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench
+
+soak: $(STAMP) sysdeps
+	IDMINT_SOAK=1 $(BIN)/pytest -q tests/faults
+
+clean:
+	rm -rf $(VENV) dist build

@@ -1,0 +1,3 @@
+"""idmint: identifiers minted inside PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+-- Fleets and the driver-number ledger.
+
+CREATE TABLE idmint.fleets (
+    fleet_id    uuid        PRIMARY KEY,
+    code        text        NOT NULL UNIQUE CHECK (code ~ '^[A-HJ-NP-Z2-9]{3}$'),
+    name        text        NOT NULL CHECK (name <> ''),
+    max_drivers integer     NOT NULL CHECK (max_drivers BETWEEN 1 AND 999),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The counter: the highest number handed out as new (or set by a reset).
+    last_number integer     NOT NULL DEFAULT 0,
+    -- Kept in step with driver_numbers under this row's lock, so capacity is cheap
+    -- and the common allocation (nothing reserved or freed) is a single UPDATE.
+    assigned    integer     NOT NULL DEFAULT 0 CHECK (assigned >= 0),
+    unassigned  integer     NOT NULL DEFAULT 0 CHECK (unassigned >= 0),
+    CHECK (last_number BETWEEN 0 AND max_drivers)
+);
+COMMENT ON TABLE idmint.fleets IS 'Fleets, each with its gapless driver-number counter';
+
+-- One row per number a fleet has handed out. A 'free' row is a number that was
+-- reserved and then released or purged: it is handed out again before the counter moves.
+CREATE TABLE idmint.driver_numbers (
+    fleet_id         uuid        NOT NULL REFERENCES idmint.fleets,
+    number           integer     NOT NULL CHECK (number BETWEEN 1 AND 999),
+    state            text        NOT NULL CHECK (state IN ('reserved', 'assigned', 'free')),
+    request_key      text,
+    reserved_by      text,
+    reserved_at      timestamptz,
+    expires_at       timestamptz,
+    assigned_at      timestamptz,
+    issued_by        text,        -- session_user of the call that issued it
+    application_name text,
+    how              text,        -- next, bulk, reserve, confirm
+    bound            boolean     NOT NULL DEFAULT false,  -- an app row carries it (trigger)
+    PRIMARY KEY (fleet_id, number),
+    CHECK ((state = 'reserved') = (expires_at IS NOT NULL)),
+    CHECK ((state = 'assigned') = (assigned_at IS NOT NULL)),
+    CHECK (NOT bound OR state = 'assigned')
+);
+COMMENT ON TABLE idmint.driver_numbers IS 'Every driver number issued, reserved or freed, per fleet';
+
+CREATE UNIQUE INDEX driver_numbers_request_key ON idmint.driver_numbers (fleet_id, request_key)
+    WHERE request_key IS NOT NULL;
+-- Reservations and freed numbers: few, and where reissue looks first.
+CREATE INDEX driver_numbers_unassigned ON idmint.driver_numbers (fleet_id, number)
+    WHERE state <> 'assigned';
+
+-- Audit of the reservation life cycle and of resets (assignments are audited in
+-- driver_numbers itself: issued_by, application_name, assigned_at, how).
+CREATE TABLE idmint.driver_id_events (
+    event_id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at               timestamptz NOT NULL DEFAULT clock_timestamp(),
+    fleet_id         uuid        NOT NULL,
+    number           integer,
+    event            text        NOT NULL
+        CHECK (event IN ('reserved', 'confirmed', 'released', 'expired', 'reset')),
+    reserved_by      text,
+    actor            text        NOT NULL DEFAULT session_user,
+    application_name text        DEFAULT current_setting('application_name'),
+    detail           text
+);
+COMMENT ON TABLE idmint.driver_id_events IS 'Who reserved, confirmed, released or expired which driver number, and when';
+CREATE INDEX driver_id_events_fleet ON idmint.driver_id_events (fleet_id, number);

@@ -1,0 +1,428 @@
+-- Driver ids DRV-XXXYYY: a gapless number per fleet (001..999) and the fleet code.
+--
+-- Concurrency: every change to a fleet's numbers happens under that fleet's row lock
+-- (idmint.fleets), taken first; the ledger rows are touched only after it. Allocators of
+-- one fleet therefore queue, and a rolled-back allocation gives its number back with
+-- the counter. PRIMARY KEY (fleet_id, number) is the last line of defence.
+
+CREATE FUNCTION idmint.is_valid_driver_id(driver_id text) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(driver_id ~* '^DRV-(00[1-9]|0[1-9][0-9]|[1-9][0-9][0-9])[A-HJ-NP-Z2-9]{3}$', false)
+$$;
+COMMENT ON FUNCTION idmint.is_valid_driver_id(text) IS
+    'True when the text has the DRV-XXXYYY format (case-insensitive); never raises';
+
+CREATE FUNCTION idmint.parse_driver_id(driver_id text)
+RETURNS TABLE (number integer, fleet_code text)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT idmint.is_valid_driver_id(driver_id) THEN
+        PERFORM idmint._error('invalid_argument',
+            format('malformed driver id %s', coalesce(quote_literal(driver_id), 'NULL')),
+            'a driver id looks like DRV-001ABC: DRV-, a number 001..999, a 3-character fleet code');
+    END IF;
+    number := substr(driver_id, 5, 3)::integer;
+    fleet_code := upper(substr(driver_id, 8, 3));
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION idmint.parse_driver_id(text) IS
+    'Split DRV-XXXYYY into its number and upper-case fleet code; ID003 if malformed (the fleet need not exist)';
+
+-- The general allocator: n numbers, lowest freed or expired ones first, then new ones
+-- from the counter. Reserves them (reserve_ttl given) or assigns them.
+CREATE FUNCTION idmint._issue(fleet uuid, n integer, request_key text, how text,
+                              reserved_by text DEFAULT NULL, reserve_ttl interval DEFAULT NULL)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f idmint.fleets;
+    reserving constant boolean := reserve_ttl IS NOT NULL;
+    prior text;
+    reuse integer[];
+    n_reuse integer;
+    n_new integer;
+    active_reserved integer := 0;
+    issued text[];
+BEGIN
+    SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
+
+    IF _issue.request_key IS NOT NULL THEN
+        SELECT idmint._format_driver_id(d.number, f.code) INTO prior
+        FROM idmint.driver_numbers d
+        WHERE d.fleet_id = f.fleet_id AND d.request_key = _issue.request_key;
+        IF prior IS NOT NULL THEN
+            RETURN ARRAY[prior];
+        END IF;
+    END IF;
+
+    IF f.unassigned > 0 THEN
+        SELECT array_agg(s.number ORDER BY s.number) INTO reuse
+        FROM (SELECT d.number FROM idmint.driver_numbers d
+              WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'
+                AND (d.state = 'free' OR d.expires_at <= now())
+              ORDER BY d.number
+              LIMIT n) s;
+        SELECT count(*) INTO active_reserved FROM idmint.driver_numbers d
+        WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'
+          AND d.state = 'reserved' AND d.expires_at > now();
+    END IF;
+    n_reuse := coalesce(cardinality(reuse), 0);
+    n_new := n - n_reuse;
+
+    IF f.last_number + n_new > f.max_drivers THEN
+        PERFORM idmint._error('fleet_capacity_exhausted',
+            format('fleet %s has %s free number(s), %s requested', f.code,
+                   n_reuse + f.max_drivers - f.last_number, n),
+            'release reservations or wait for them to expire; a fleet holds at most max_drivers ids',
+            format('max_drivers %s, assigned %s, active reservations %s', f.max_drivers, f.assigned, active_reserved));
+    END IF;
+
+    -- Read and advance the counter in one statement, under the lock taken above.
+    UPDATE idmint.fleets x
+    SET last_number = x.last_number + n_new,
+        assigned = x.assigned + CASE WHEN reserving THEN 0 ELSE n END,
+        unassigned = x.unassigned + CASE WHEN reserving THEN n_new ELSE -n_reuse END
+    WHERE x.fleet_id = f.fleet_id;
+
+    IF n_reuse > 0 THEN
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by, detail)
+        SELECT d.fleet_id, d.number, 'expired', d.reserved_by, 'reissued after expiry at ' || d.expires_at
+        FROM idmint.driver_numbers d
+        WHERE d.fleet_id = f.fleet_id AND d.number = ANY (reuse) AND d.state = 'reserved';
+
+        UPDATE idmint.driver_numbers d
+        SET state = CASE WHEN reserving THEN 'reserved' ELSE 'assigned' END,
+            request_key = _issue.request_key,
+            reserved_by = _issue.reserved_by,
+            reserved_at = CASE WHEN reserving THEN now() END,
+            expires_at = CASE WHEN reserving THEN now() + reserve_ttl END,
+            assigned_at = CASE WHEN reserving THEN NULL ELSE now() END,
+            issued_by = session_user,
+            application_name = current_setting('application_name'),
+            how = _issue.how,
+            bound = false
+        WHERE d.fleet_id = f.fleet_id AND d.number = ANY (reuse);
+    END IF;
+
+    IF n_new > 0 THEN
+        INSERT INTO idmint.driver_numbers (fleet_id, number, state, request_key, reserved_by, reserved_at,
+                                           expires_at, assigned_at, issued_by, application_name, how)
+        SELECT f.fleet_id, g, CASE WHEN reserving THEN 'reserved' ELSE 'assigned' END, _issue.request_key,
+               _issue.reserved_by, CASE WHEN reserving THEN now() END,
+               CASE WHEN reserving THEN now() + reserve_ttl END,
+               CASE WHEN reserving THEN NULL ELSE now() END,
+               session_user, current_setting('application_name'), _issue.how
+        FROM generate_series(f.last_number + 1, f.last_number + n_new) AS g;
+    END IF;
+
+    IF reserving THEN
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by, detail)
+        SELECT f.fleet_id, x, 'reserved', _issue.reserved_by, 'expires in ' || reserve_ttl
+        FROM unnest(reuse || ARRAY(SELECT generate_series(f.last_number + 1, f.last_number + n_new))) AS x;
+    END IF;
+
+    PERFORM idmint._durable();
+    PERFORM idmint._capacity_alert('fleet', to_jsonb(f.code), f.max_drivers,
+                                   f.assigned + active_reserved, f.assigned + active_reserved + n,
+                                   '{0.8,0.9,1.0}');
+
+    SELECT array_agg(idmint._format_driver_id(x, f.code) ORDER BY x) INTO issued
+    FROM unnest(reuse || ARRAY(SELECT generate_series(f.last_number + 1, f.last_number + n_new))) AS x;
+    RETURN issued;
+END
+$$;
+COMMENT ON FUNCTION idmint._issue(uuid, integer, text, text, text, interval) IS
+    'Allocate n numbers of a fleet under its lock: freed/expired lowest first, then the counter';
+
+CREATE FUNCTION idmint.next_driver_id(fleet uuid, request_key text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    num integer;
+    code text;
+    max_drivers integer;
+    assigned integer;
+BEGIN
+    IF request_key IS NULL THEN
+        -- Common case: nothing reserved or freed, so the next id is the counter's. The
+        -- UPDATE takes the fleet lock, reads and advances the counter in one statement.
+        UPDATE idmint.fleets f
+        SET last_number = f.last_number + 1, assigned = f.assigned + 1
+        WHERE f.fleet_id = next_driver_id.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
+        RETURNING f.last_number, f.code, f.max_drivers, f.assigned
+        INTO num, code, max_drivers, assigned;
+        IF FOUND THEN
+            INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
+                                               application_name, how)
+            VALUES (fleet, num, 'assigned', now(), session_user, current_setting('application_name'), 'next');
+            PERFORM idmint._durable();
+            IF assigned * 10 >= max_drivers * 8 THEN
+                PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
+                                               '{0.8,0.9,1.0}');
+            END IF;
+            RETURN idmint._format_driver_id(num, code);
+        END IF;
+    END IF;
+    RETURN (idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next'))[1];
+END
+$$;
+COMMENT ON FUNCTION idmint.next_driver_id(uuid, text) IS
+    'Allocate and assign the fleet''s next driver id (freed numbers lowest first). With request_key, a repeat returns the first answer. ID001 full, ID002 unknown fleet';
+
+CREATE FUNCTION idmint.next_driver_id(fleet text, request_key text DEFAULT NULL) RETURNS text
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT idmint.next_driver_id(idmint._fleet_id(fleet), request_key) $$;
+COMMENT ON FUNCTION idmint.next_driver_id(text, text) IS
+    'next_driver_id for a fleet given by code (any case) or uuid text';
+
+CREATE FUNCTION idmint.next_driver_ids(fleet uuid, n integer) RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF n IS NULL OR n NOT BETWEEN 1 AND 999 THEN
+        PERFORM idmint._error('invalid_argument', format('n %s is out of range', coalesce(n::text, 'NULL')),
+                              'n must be between 1 and 999 (a fleet holds at most 999 ids)');
+    END IF;
+    RETURN QUERY SELECT unnest(idmint._issue(idmint._fleet_id(fleet), n, NULL, 'bulk'));
+END
+$$;
+COMMENT ON FUNCTION idmint.next_driver_ids(uuid, integer) IS
+    'Allocate and assign n driver ids of a fleet in ascending order, all or nothing. ID001 not enough room, ID003 n out of 1..999';
+
+CREATE FUNCTION idmint.next_driver_ids(fleet text, n integer) RETURNS SETOF text
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT idmint.next_driver_ids(idmint._fleet_id(fleet), n) $$;
+COMMENT ON FUNCTION idmint.next_driver_ids(text, integer) IS
+    'next_driver_ids for a fleet given by code (any case) or uuid text';
+
+CREATE FUNCTION idmint.reserve_driver_id(fleet uuid, reserved_by text DEFAULT NULL,
+                                         ttl interval DEFAULT '5 minutes')
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF ttl IS NULL OR ttl <= interval '0' OR ttl > interval '1 day' THEN
+        PERFORM idmint._error('invalid_argument', format('ttl %s is out of range', coalesce(ttl::text, 'NULL')),
+                              'ttl must be positive and at most 1 day');
+    END IF;
+    RETURN (idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
+                          coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
+                          ttl))[1];
+END
+$$;
+COMMENT ON FUNCTION idmint.reserve_driver_id(uuid, text, interval) IS
+    'Hold the fleet''s next driver id for ttl (default 5 minutes, at most 1 day) until confirmed or released. reserved_by defaults to application_name and backend pid';
+
+CREATE FUNCTION idmint.reserve_driver_id(fleet text, reserved_by text DEFAULT NULL,
+                                         ttl interval DEFAULT '5 minutes')
+RETURNS text
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT idmint.reserve_driver_id(idmint._fleet_id(fleet), reserved_by, ttl) $$;
+COMMENT ON FUNCTION idmint.reserve_driver_id(text, text, interval) IS
+    'reserve_driver_id for a fleet given by code (any case) or uuid text';
+
+-- Lock the fleet of a driver id (lock order: fleet row, then ledger row). NULL if unknown.
+CREATE FUNCTION idmint._lock_fleet_of(driver_id text, OUT fleet_id uuid, OUT number integer, OUT code text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT p.number, p.fleet_code INTO number, code FROM idmint.parse_driver_id(driver_id) p;
+    SELECT f.fleet_id INTO fleet_id FROM idmint.fleets f WHERE f.code = _lock_fleet_of.code FOR NO KEY UPDATE;
+END
+$$;
+COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock its fleet row; fleet_id NULL if no such fleet';
+
+CREATE FUNCTION idmint.confirm_driver_id(driver_id text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target record;
+    d idmint.driver_numbers;
+    normalized text;
+BEGIN
+    target := idmint._lock_fleet_of(driver_id);
+    normalized := idmint._format_driver_id(target.number, target.code);
+    IF target.fleet_id IS NOT NULL THEN
+        SELECT * INTO d FROM idmint.driver_numbers x
+        WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
+    END IF;
+    IF d.state = 'assigned' THEN
+        RETURN normalized;
+    ELSIF d.state = 'reserved' AND d.expires_at > now() THEN
+        UPDATE idmint.driver_numbers x
+        SET state = 'assigned', assigned_at = now(), expires_at = NULL, how = 'confirm',
+            issued_by = session_user, application_name = current_setting('application_name')
+        WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        UPDATE idmint.fleets f SET assigned = f.assigned + 1, unassigned = f.unassigned - 1
+        WHERE f.fleet_id = d.fleet_id;
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by)
+        VALUES (d.fleet_id, d.number, 'confirmed', d.reserved_by);
+        PERFORM idmint._durable();
+        RETURN normalized;
+    END IF;
+    PERFORM idmint._error('reservation_not_active',
+        format('driver id %s is not actively reserved: %s', normalized,
+               CASE WHEN d.state = 'reserved' THEN 'its reservation expired at ' || d.expires_at
+                    WHEN d.state = 'free' THEN 'its reservation was released or expired'
+                    ELSE 'it was never reserved' END),
+        'reserve a new id with idmint.reserve_driver_id');
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION idmint.confirm_driver_id(text) IS
+    'Turn an active reservation into an assignment and return the normalised id; idempotent for assigned ids. ID006 expired, released or unknown';
+
+CREATE FUNCTION idmint.release_driver_id(driver_id text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target record;
+    d idmint.driver_numbers;
+BEGIN
+    target := idmint._lock_fleet_of(driver_id);
+    IF target.fleet_id IS NULL THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
+    IF d.state = 'assigned' THEN
+        PERFORM idmint._error('immutable_id',
+            format('driver id %s is assigned and cannot be released',
+                   idmint._format_driver_id(d.number, target.code)),
+            'assigned driver ids are permanent');
+    ELSIF d.state = 'reserved' AND d.expires_at > now() THEN
+        UPDATE idmint.driver_numbers x
+        SET state = 'free', request_key = NULL, reserved_by = NULL, reserved_at = NULL, expires_at = NULL
+        WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by)
+        VALUES (d.fleet_id, d.number, 'released', d.reserved_by);
+        RETURN true;
+    END IF;
+    RETURN false;
+END
+$$;
+COMMENT ON FUNCTION idmint.release_driver_id(text) IS
+    'Give back an active reservation (true); false if the id is not actively reserved. ID007 for an assigned id, ID003 if malformed';
+
+CREATE FUNCTION idmint.purge_expired_reservations() RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    locked uuid[];
+    purged integer;
+BEGIN
+    -- Fleets in a fixed order, so concurrent purges and allocators cannot deadlock.
+    SELECT array_agg(f.fleet_id ORDER BY f.fleet_id) INTO locked
+    FROM (SELECT f.fleet_id FROM idmint.fleets f
+          WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
+                               WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= now())
+          ORDER BY f.fleet_id
+          FOR NO KEY UPDATE) f;
+    IF locked IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- An expired number stays reissuable: it becomes a free row (reserved and free both
+    -- count as unassigned, so the fleet counters do not change).
+    WITH gone AS (
+        UPDATE idmint.driver_numbers d
+        SET state = 'free', request_key = NULL, reserved_by = NULL, reserved_at = NULL, expires_at = NULL
+        FROM idmint.driver_numbers old
+        WHERE d.fleet_id = ANY (locked) AND d.state <> 'assigned' AND d.state = 'reserved'
+          AND d.expires_at <= now()
+          AND old.fleet_id = d.fleet_id AND old.number = d.number
+        RETURNING d.fleet_id, d.number, old.reserved_by, old.expires_at
+    )
+    INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by, detail)
+    SELECT g.fleet_id, g.number, 'expired', g.reserved_by, 'purged; expired at ' || g.expires_at FROM gone g;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+COMMENT ON FUNCTION idmint.purge_expired_reservations() IS
+    'Delete expired reservations (their numbers stay reissuable) and return how many. Correctness never depends on it';
+
+CREATE FUNCTION idmint.reset_driver_sequence(fleet uuid, last_number integer DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f idmint.fleets;
+    highest integer;
+    target integer;
+    dropped integer;
+BEGIN
+    SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = idmint._fleet_id(reset_driver_sequence.fleet)
+    FOR NO KEY UPDATE;
+    SELECT coalesce(max(d.number), 0) INTO highest FROM idmint.driver_numbers d
+    WHERE d.fleet_id = f.fleet_id
+      AND (d.state = 'assigned' OR (d.state = 'reserved' AND d.expires_at > now()));
+    target := coalesce(reset_driver_sequence.last_number, highest);
+    IF target < 0 OR target > f.max_drivers THEN
+        PERFORM idmint._error('invalid_argument', format('last_number %s is out of range for fleet %s', target, f.code),
+                              format('last_number must be between %s and max_drivers %s', highest, f.max_drivers));
+    ELSIF target < highest THEN
+        PERFORM idmint._error('already_taken',
+            format('cannot reset fleet %s to %s: number %s is assigned or reserved', f.code, target, highest),
+            format('last_number must be at least %s', highest));
+    END IF;
+    -- Free and expired numbers above the target become new numbers again.
+    WITH gone AS (
+        DELETE FROM idmint.driver_numbers d
+        WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned' AND d.number > target
+        RETURNING d.number, d.state, d.reserved_by
+    ), logged AS (
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by, detail)
+        SELECT f.fleet_id, g.number, 'expired', g.reserved_by, 'dropped by reset' FROM gone g
+        WHERE g.state = 'reserved'
+    )
+    SELECT count(*) INTO dropped FROM gone;
+    UPDATE idmint.fleets x SET last_number = target, unassigned = x.unassigned - dropped
+    WHERE x.fleet_id = f.fleet_id;
+    INSERT INTO idmint.driver_id_events (fleet_id, event, detail)
+    VALUES (f.fleet_id, 'reset', format('counter %s -> %s', f.last_number, target));
+    RETURN target;
+END
+$$;
+COMMENT ON FUNCTION idmint.reset_driver_sequence(uuid, integer) IS
+    'Set the counter so the next new number is last_number + 1 (NULL: the highest assigned or reserved). ID004 below that, ID003 above max_drivers';
+
+CREATE FUNCTION idmint.reset_driver_sequence(fleet text, last_number integer DEFAULT NULL) RETURNS integer
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT idmint.reset_driver_sequence(idmint._fleet_id(fleet), last_number) $$;
+COMMENT ON FUNCTION idmint.reset_driver_sequence(text, integer) IS
+    'reset_driver_sequence for a fleet given by code (any case) or uuid text';
+
+CREATE VIEW idmint.driver_id_ledger AS
+SELECT idmint._format_driver_id(d.number, f.code) AS driver_id,
+       d.fleet_id,
+       f.code AS fleet_code,
+       d.number,
+       CASE WHEN d.state = 'assigned' THEN 'assigned'
+            WHEN d.expires_at > now() THEN 'reserved'
+            ELSE 'expired' END AS status,
+       d.reserved_by,
+       d.reserved_at,
+       d.expires_at,
+       d.assigned_at
+FROM idmint.driver_numbers d
+JOIN idmint.fleets f USING (fleet_id)
+WHERE d.state <> 'free';
+COMMENT ON VIEW idmint.driver_id_ledger IS
+    'Every assigned or reserved driver id; an expired reservation shows as expired until purged';

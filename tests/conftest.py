@@ -1,0 +1,71 @@
+"""Test harness: one real PostgreSQL cluster per session, migrated once into a template;
+every test gets a fresh database cloned from it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+from idmint.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_CTL = str(ROOT / "tools" / "pg_ctl")
+
+
+def conninfo(host: str, port: int, user: str, dbname: str, password: str | None = None) -> str:
+    return psycopg.conninfo.make_conninfo(
+        host=host, port=port, user=user, dbname=dbname, password=password or None
+    )
+
+
+def _load_idmint(
+    host: str, port: int, user: str, dbname: str, password: str | None, **_: object
+) -> None:
+    migrate(conninfo(host, port, user, dbname, password))
+
+
+postgresql_proc = factories.postgresql_proc(
+    executable=PG_CTL,
+    port=(21000, 21999),
+    load=[_load_idmint],
+    postgres_options="-c max_connections=200 -c fsync=off -c full_page_writes=off",
+)
+postgresql = factories.postgresql("postgresql_proc")
+
+
+@pytest.fixture
+def dsn(postgresql: psycopg.Connection) -> str:
+    """Conninfo of this test's fresh, migrated database."""
+    info = postgresql.info
+    return conninfo(info.host, info.port, info.user, info.dbname, info.password)
+
+
+@pytest.fixture
+def connect(dsn: str) -> Iterator[Callable[..., psycopg.Connection]]:
+    """Open extra connections to the test database; all are closed afterwards."""
+    opened: list[psycopg.Connection] = []
+
+    def _connect(**kwargs: object) -> psycopg.Connection:
+        kwargs.setdefault("autocommit", True)
+        conn = psycopg.connect(dsn, **kwargs)  # type: ignore[arg-type]
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture
+def db(connect: Callable[..., psycopg.Connection]) -> psycopg.Connection:
+    """An autocommit connection to the test database."""
+    return connect()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PGAPPNAME", "idmint-tests")
