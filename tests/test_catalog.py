@@ -1,0 +1,57 @@
+"""Catalog rules every idmint object must follow."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_function_pins_search_path(db: psycopg.Connection) -> None:
+    rows = db.execute(
+        "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
+        " WHERE p.pronamespace = 'idmint'::regnamespace"
+    ).fetchall()
+    assert len(rows) > 20
+    allowed = {"search_path=pg_catalog, pg_temp", "search_path=idmint, pg_catalog, pg_temp"}
+    unpinned = [name for name, config in rows if not config or not allowed & set(config)]
+    assert unpinned == []
+
+
+def test_every_function_has_a_comment_and_none_is_strict(db: psycopg.Connection) -> None:
+    rows = db.execute(
+        "SELECT p.oid::regprocedure::text, obj_description(p.oid, 'pg_proc'), p.proisstrict FROM pg_proc p"
+        " WHERE p.pronamespace = 'idmint'::regnamespace"
+    ).fetchall()
+    assert [name for name, comment, _ in rows if not comment] == []
+    assert [name for name, _, strict in rows if strict] == []
+
+
+def test_public_functions_are_security_definer_or_pure(db: psycopg.Connection) -> None:
+    """Apps hold EXECUTE only, so whatever writes must run as the owner."""
+    rows = db.execute(
+        "SELECT p.proname, p.prosecdef, p.provolatile FROM pg_proc p"
+        " WHERE p.pronamespace = 'idmint'::regnamespace AND p.proname !~ '^_'"
+    ).fetchall()
+    assert [name for name, secdef, volatile in rows if volatile == "v" and not secdef
+            and name != "backfill_entity_numbers"] == []
+
+
+def test_every_error_name_raised_in_sql_is_registered(db: psycopg.Connection) -> None:
+    used = set()
+    for path in (ROOT / "sql").glob("*.sql"):
+        used |= set(re.findall(r"idmint\._error\(\s*'([a-z_]+)'", path.read_text()))
+    registered = {r[0] for r in db.execute("SELECT name FROM idmint.error_codes")}
+    assert used and used <= registered
+    codes = [r[0] for r in db.execute("SELECT sqlstate FROM idmint.error_codes ORDER BY 1")]
+    assert codes == [f"ID00{i}" for i in range(1, 9)]
+
+
+def test_sql_never_raises_without_a_registered_code() -> None:
+    for path in (ROOT / "sql").glob("*.sql"):
+        for line in path.read_text().splitlines():
+            if re.search(r"\bRAISE\b", line) and "ERRCODE" not in line:
+                raise AssertionError(f"{path.name}: RAISE without ERRCODE: {line.strip()}")
