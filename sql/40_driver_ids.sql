@@ -16,7 +16,7 @@ COMMENT ON FUNCTION idmint.is_valid_driver_id(text) IS
 
 CREATE FUNCTION idmint.parse_driver_id(driver_id text)
 RETURNS TABLE (number integer, fleet_code text)
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER  -- raises through idmint._error, which apps cannot call
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

@@ -18,3 +18,12 @@ END
 $$;
 
 GRANT SELECT ON idmint.driver_id_ledger TO idmint_user;
+-- Capacity and audit views (sql/60). schedule_cleanup/unschedule_cleanup (sql/70) keep the
+-- EXECUTE granted above: they are SECURITY DEFINER, the job's command is fixed and runs as
+-- idmint's owner, so a caller can only switch the purge on or off or change its cadence.
+GRANT SELECT ON idmint.fleet_capacity, idmint.driver_id_audit TO idmint_user;
+GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
+
+-- The public views format ids with this pure helper; PostgreSQL checks EXECUTE on
+-- functions in a view against the reader, so readers need it.
+GRANT EXECUTE ON FUNCTION idmint._format_driver_id(integer, text) TO idmint_user;

@@ -36,8 +36,11 @@ def test_public_functions_are_security_definer_or_pure(db: psycopg.Connection) -
         "SELECT p.proname, p.prosecdef, p.provolatile FROM pg_proc p"
         " WHERE p.pronamespace = 'idmint'::regnamespace AND p.proname !~ '^_'"
     ).fetchall()
-    assert [name for name, secdef, volatile in rows if volatile == "v" and not secdef
-            and name != "backfill_entity_numbers"] == []
+    assert [
+        name
+        for name, secdef, volatile in rows
+        if volatile == "v" and not secdef and name != "backfill_entity_numbers"
+    ] == []
 
 
 def test_every_error_name_raised_in_sql_is_registered(db: psycopg.Connection) -> None:

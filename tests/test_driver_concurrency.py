@@ -15,7 +15,9 @@ THREADS, PER_THREAD = 16, 50
 RETRYABLE = {"40001", "40P01"}
 
 
-def allocate_many(dsn: str, isolation: IsolationLevel, count: int, start: threading.Barrier) -> tuple[list[str], int]:
+def allocate_many(
+    dsn: str, isolation: IsolationLevel, count: int, start: threading.Barrier
+) -> tuple[list[str], int]:
     """Allocate `count` ids, one transaction each, retrying serialization failures."""
     got: list[str] = []
     retries = 0
@@ -38,11 +40,15 @@ def allocate_many(dsn: str, isolation: IsolationLevel, count: int, start: thread
     [IsolationLevel.READ_COMMITTED, IsolationLevel.REPEATABLE_READ, IsolationLevel.SERIALIZABLE],
     ids=["read-committed", "repeatable-read", "serializable"],
 )
-def test_16_threads_get_exactly_1_to_800(dsn: str, db: psycopg.Connection, isolation: IsolationLevel) -> None:
+def test_16_threads_get_exactly_1_to_800(
+    dsn: str, db: psycopg.Connection, isolation: IsolationLevel
+) -> None:
     db.execute("SELECT idmint.add_fleet('Hot', 'ABC')")
     start = threading.Barrier(THREADS)
     with ThreadPoolExecutor(THREADS) as pool:
-        results = list(pool.map(lambda _: allocate_many(dsn, isolation, PER_THREAD, start), range(THREADS)))
+        results = list(
+            pool.map(lambda _: allocate_many(dsn, isolation, PER_THREAD, start), range(THREADS))
+        )
     ids = [i for got, _ in results for i in got]
     assert len(ids) == len(set(ids)) == THREADS * PER_THREAD
     assert sorted(ids) == [f"DRV-{n:03d}ABC" for n in range(1, THREADS * PER_THREAD + 1)]
@@ -68,7 +74,9 @@ def test_second_allocator_blocks_on_the_first_then_gets_n_plus_1(connect: Connec
     second.commit()
 
 
-def test_blocked_allocator_takes_the_number_back_when_the_first_rolls_back(connect: Connect) -> None:
+def test_blocked_allocator_takes_the_number_back_when_the_first_rolls_back(
+    connect: Connect,
+) -> None:
     db = connect()
     db.execute("SELECT idmint.add_fleet('Hot', 'ABC')")
     first, second = connect(autocommit=False), connect(autocommit=False)

@@ -13,12 +13,34 @@ from hypothesis import strategies as st
 
 from tests.util import table_snapshot
 
-VALID_LOOKING = ["ABC", "abc", "XYZ", "DRV-001ABC", "drv-002abc", "DRV-999ABC", "DRV-000ABC", "5 minutes",
-                 "-1 second", "2 days", "00000000-0000-0000-0000-000000000000", "ABC'; DROP TABLE idmint.fleets; --"]
-texts = st.none() | st.sampled_from(VALID_LOOKING) | st.text(
-    alphabet=st.characters(blacklist_characters="\x00"), max_size=40
+VALID_LOOKING = [
+    "ABC",
+    "abc",
+    "XYZ",
+    "DRV-001ABC",
+    "drv-002abc",
+    "DRV-999ABC",
+    "DRV-000ABC",
+    "5 minutes",
+    "-1 second",
+    "2 days",
+    "00000000-0000-0000-0000-000000000000",
+    "ABC'; DROP TABLE idmint.fleets; --",
+]
+texts = (
+    st.none()
+    | st.sampled_from(VALID_LOOKING)
+    | st.text(
+        alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+        max_size=40,
+    )
 )
-ints = st.none() | st.integers(-(2**31), 2**31 - 1) | st.integers(-(10**30), 10**30) | st.sampled_from([0, 1, 5, 999, 1000])
+ints = (
+    st.none()
+    | st.integers(-(2**31), 2**31 - 1)
+    | st.integers(-(10**30), 10**30)
+    | st.sampled_from([0, 1, 5, 999, 1000])
+)
 
 CALLS = {
     "add_fleet": ("SELECT idmint.add_fleet(%s::text, %s::text, %s::int)", (texts, texts, ints)),
@@ -26,10 +48,16 @@ CALLS = {
     "next_driver_id": ("SELECT idmint.next_driver_id(%s::text, %s::text)", (texts, texts)),
     "next_driver_id_uuid": ("SELECT idmint.next_driver_id(%s::uuid)", (texts,)),
     "next_driver_ids": ("SELECT idmint.next_driver_ids(%s::text, %s::int)", (texts, ints)),
-    "reserve_driver_id": ("SELECT idmint.reserve_driver_id(%s::text, %s::text, %s::interval)", (texts, texts, texts)),
+    "reserve_driver_id": (
+        "SELECT idmint.reserve_driver_id(%s::text, %s::text, %s::interval)",
+        (texts, texts, texts),
+    ),
     "confirm_driver_id": ("SELECT idmint.confirm_driver_id(%s::text)", (texts,)),
     "release_driver_id": ("SELECT idmint.release_driver_id(%s::text)", (texts,)),
-    "reset_driver_sequence": ("SELECT idmint.reset_driver_sequence(%s::text, %s::int)", (texts, ints)),
+    "reset_driver_sequence": (
+        "SELECT idmint.reset_driver_sequence(%s::text, %s::int)",
+        (texts, ints),
+    ),
     "is_valid_driver_id": ("SELECT idmint.is_valid_driver_id(%s::text)", (texts,)),
     "parse_driver_id": ("SELECT * FROM idmint.parse_driver_id(%s::text)", (texts,)),
     "gen_fleet_code": ("SELECT idmint.gen_fleet_code()", ()),
@@ -38,7 +66,9 @@ CALLS = {
 
 
 def allowed(sqlstate: str | None) -> bool:
-    return sqlstate is not None and (sqlstate in {f"ID00{i}" for i in range(1, 9)} or sqlstate.startswith("22"))
+    return sqlstate is not None and (
+        sqlstate in {f"ID00{i}" for i in range(1, 9)} or sqlstate.startswith("22")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
@@ -48,7 +78,9 @@ def test_fuzz(db: psycopg.Connection, name: str) -> None:
     db.execute("SELECT idmint.reserve_driver_id('ABC')")
     query, strategies = CALLS[name]
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     @given(st.tuples(*strategies))
     def run(args: tuple[object, ...]) -> None:
         before = table_snapshot(db)

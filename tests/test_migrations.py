@@ -46,7 +46,10 @@ def catalog(dsn: str) -> dict[str, list[tuple[object, ...]]]:
     with psycopg.connect(dsn) as conn:
         if not conn.execute("SELECT to_regnamespace('idmint') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
             return {}
-        return {name: sorted(conn.execute(q).fetchall(), key=repr) for name, q in CATALOG_QUERIES.items()}
+        return {
+            name: sorted(conn.execute(q).fetchall(), key=repr)
+            for name, q in CATALOG_QUERIES.items()
+        }
 
 
 @pytest.fixture
@@ -55,11 +58,15 @@ def empty_db(dsn: str, db: psycopg.Connection) -> Iterator[str]:
     name = f"empty_{uuid.uuid4().hex[:10]}"
     db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     info = db.info
-    yield psycopg.conninfo.make_conninfo(host=info.host, port=info.port, user=info.user, dbname=name)
+    yield psycopg.conninfo.make_conninfo(
+        host=info.host, port=info.port, user=info.user, dbname=name
+    )
     db.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_fresh_install_from_sql_equals_upgrade_through_every_migration(dsn: str, empty_db: str) -> None:
+def test_fresh_install_from_sql_equals_upgrade_through_every_migration(
+    dsn: str, empty_db: str
+) -> None:
     """Loading sql/ directly must give exactly what replaying migrations/ gives."""
     with psycopg.connect(empty_db, autocommit=True) as conn:
         for path in sorted((ROOT / "sql").glob("*.sql")):
@@ -91,8 +98,12 @@ def test_applying_twice_changes_nothing(dsn: str) -> None:
 def test_two_concurrent_migrate_runs_both_succeed(empty_db: str) -> None:
     code = "import sys; from idmint.migrate import migrate; print(migrate(sys.argv[1]))"
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, empty_db], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, empty_db],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=180) for p in procs]
@@ -102,19 +113,41 @@ def test_two_concurrent_migrate_runs_both_succeed(empty_db: str) -> None:
 
 def test_plain_yoyo_apply_gives_the_same_database(dsn: str, empty_db: str) -> None:
     subprocess.run(
-        [YOYO, "apply", "--batch", "--no-config-file", "--database", yoyo_url(empty_db), str(ROOT / "migrations")],
-        check=True, capture_output=True, timeout=180,
+        [
+            YOYO,
+            "apply",
+            "--batch",
+            "--no-config-file",
+            "--database",
+            yoyo_url(empty_db),
+            str(ROOT / "migrations"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
     )
     assert catalog(empty_db) == catalog(dsn)
     subprocess.run(
-        [YOYO, "rollback", "--batch", "--no-config-file", "--database", yoyo_url(empty_db),
-         str(ROOT / "migrations")],
-        check=True, capture_output=True, timeout=180,
+        [
+            YOYO,
+            "rollback",
+            "--batch",
+            "--no-config-file",
+            "--database",
+            yoyo_url(empty_db),
+            str(ROOT / "migrations"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
     )
     assert catalog(empty_db) == {}
 
 
 def test_migration_file_is_generated_from_sql() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "build_migration.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "build_migration.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr

@@ -27,11 +27,16 @@ def app_conn(db: psycopg.Connection, connect: Connect) -> Iterator[psycopg.Conne
 
 def test_app_role_can_do_everything_the_contract_allows(app_conn: psycopg.Connection) -> None:
     c = app_conn
-    fleet = c.execute("SELECT fleet_id, code FROM idmint.add_fleet('App fleet', 'APP', 20)").fetchone()
+    fleet = c.execute(
+        "SELECT fleet_id, code FROM idmint.add_fleet('App fleet', 'APP', 20)"
+    ).fetchone()
     assert fleet is not None and fleet[1] == "APP"
     assert scalar(c, "SELECT idmint.next_driver_id('APP')") == "DRV-001APP"
     assert scalar(c, "SELECT idmint.next_driver_id(%s::uuid, 'k1')", [fleet[0]]) == "DRV-002APP"
-    assert [r[0] for r in c.execute("SELECT idmint.next_driver_ids('APP', 2)")] == ["DRV-003APP", "DRV-004APP"]
+    assert [r[0] for r in c.execute("SELECT idmint.next_driver_ids('APP', 2)")] == [
+        "DRV-003APP",
+        "DRV-004APP",
+    ]
     rid = scalar(c, "SELECT idmint.reserve_driver_id('APP')")
     assert scalar(c, "SELECT idmint.confirm_driver_id(%s)", [rid]) == rid
     other = scalar(c, "SELECT idmint.reserve_driver_id('APP')")
@@ -40,8 +45,15 @@ def test_app_role_can_do_everything_the_contract_allows(app_conn: psycopg.Connec
     assert scalar(c, "SELECT idmint.reset_driver_sequence('APP', 10)") == 10
     assert len(str(scalar(c, "SELECT idmint.gen_fleet_code()"))) == 3
     assert scalar(c, "SELECT idmint.is_valid_driver_id('DRV-001APP')") is True
-    assert c.execute("SELECT * FROM idmint.parse_driver_id('DRV-001APP')").fetchall() == [(1, "APP")]
-    assert scalar(c, "SELECT count(*) FROM idmint.driver_id_ledger WHERE fleet_code = 'APP'") == 5
+    assert c.execute("SELECT * FROM idmint.parse_driver_id('DRV-001APP')").fetchall() == [
+        (1, "APP")
+    ]
+    ledger = c.execute(
+        "SELECT driver_id, status FROM idmint.driver_id_ledger WHERE fleet_code = 'APP'"
+    ).fetchall()
+    assert len(ledger) == 5 and ("DRV-001APP", "assigned") in ledger
+    with raises_sqlstate("ID003"):
+        c.execute("SELECT * FROM idmint.parse_driver_id('DRV-1')")
 
 
 @pytest.mark.parametrize(
@@ -60,13 +72,17 @@ def test_app_role_can_do_everything_the_contract_allows(app_conn: psycopg.Connec
         "CREATE TABLE idmint.mine (x int)",
     ],
 )
-def test_app_role_cannot_touch_tables_or_internals(app_conn: psycopg.Connection, statement: str) -> None:
+def test_app_role_cannot_touch_tables_or_internals(
+    app_conn: psycopg.Connection, statement: str
+) -> None:
     with raises_sqlstate("42501"):
         app_conn.execute(statement)
 
 
 def test_public_gets_nothing(db: psycopg.Connection, connect: Connect) -> None:
-    db.execute("DO $$ BEGIN CREATE ROLE idmint_test_nobody LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    db.execute(
+        "DO $$ BEGIN CREATE ROLE idmint_test_nobody LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
     nobody = connect(user="idmint_test_nobody")
     with raises_sqlstate("42501"):
         nobody.execute("SELECT idmint.next_driver_id('ABC')")

@@ -30,7 +30,9 @@ def main(argv: list[str]) -> int:
     text = build()
     if "--check" in argv:
         if not TARGET.exists() or TARGET.read_text() != text:
-            print(f"{TARGET.relative_to(ROOT)} is out of date: run `make migration`", file=sys.stderr)
+            print(
+                f"{TARGET.relative_to(ROOT)} is out of date: run `make migration`", file=sys.stderr
+            )
             return 1
         return 0
     TARGET.write_text(text)

@@ -24,7 +24,9 @@ def yoyo_url(dsn: str) -> str:
         port = info.get("port")
         netloc = (auth + "@" if auth else "") + hostpart + (f":{port}" if port else "")
         query = f"host={quote(host)}" if host.startswith("/") else ""
-        return urlunsplit(("postgresql+psycopg", netloc, "/" + str(info.get("dbname", "")), query, ""))
+        return urlunsplit(
+            ("postgresql+psycopg", netloc, "/" + str(info.get("dbname", "")), query, "")
+        )
     parts = urlsplit(dsn)
     return urlunsplit(("postgresql+psycopg", *parts[1:]))
 
