@@ -1,0 +1,150 @@
+-- Capacity: how full each fleet is, a report with projected exhaustion dates for
+-- `idmint status`, and an audit trail of every driver number.
+--
+-- Cheap by construction: fleets carry `assigned` and `unassigned` counters (kept under the
+-- fleet row lock), so a fleet with nothing reserved or freed (unassigned = 0) needs no look
+-- at driver_numbers at all; the others look only at their few rows in the partial index
+-- driver_numbers_unassigned. The entity side (idmint.entity_capacity) lives in sql/50.
+
+-- Allocation rates for capacity_report: numbers issued in a recent window. A BRIN
+-- index follows insertion order (assigned_at grows with it) and costs next to nothing on
+-- the allocation path, unlike a btree on every new row.
+CREATE INDEX driver_numbers_assigned_at ON idmint.driver_numbers USING brin (assigned_at)
+    WITH (pages_per_range = 32);
+
+-- The same for entity numbers: entity_events has one row per issuing call, in time order.
+CREATE INDEX entity_events_at ON idmint.entity_events USING brin (at);
+
+CREATE VIEW idmint.fleet_capacity AS
+SELECT f.fleet_id,
+       f.code,
+       f.name,
+       f.max_drivers,
+       f.assigned,
+       r.reserved,
+       f.max_drivers - f.assigned - r.reserved AS free,
+       (f.assigned + r.reserved)::float8 / f.max_drivers AS utilization
+FROM idmint.fleets f
+CROSS JOIN LATERAL (
+    -- `f.unassigned > 0` only depends on the fleet row: a one-time filter that skips the
+    -- index scan for every fleet with nothing reserved or freed.
+    SELECT count(*)::integer AS reserved
+    FROM idmint.driver_numbers d
+    WHERE f.unassigned > 0
+      AND d.fleet_id = f.fleet_id
+      AND d.state <> 'assigned' AND d.state = 'reserved'
+      AND d.expires_at > now()
+) r;
+COMMENT ON VIEW idmint.fleet_capacity IS
+    'Per fleet: assigned ids, active reservations, free numbers (expired reservations count as free) and utilization 0..1';
+
+CREATE FUNCTION idmint.capacity_report("window" interval DEFAULT '7 days')
+RETURNS TABLE (scope text, key text, name text, capacity bigint, used bigint, reserved bigint, free bigint,
+               utilization float8, per_day float8, exhausted_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- The planner cannot see that most fleets skip their look-up of reservations; compiling
+-- the query (JIT) would cost more than running it.
+SET jit = off
+AS $$
+DECLARE
+    days float8;
+    since timestamptz;
+    horizon constant float8 := extract(epoch FROM timestamptz '9999-12-31 00:00:00+00' - now()) / 86400;
+BEGIN
+    IF "window" IS NULL OR "window" <= interval '0' OR "window" > interval '1000 years' THEN
+        PERFORM idmint._error('invalid_argument',
+            format('window %s is out of range', coalesce("window"::text, 'NULL')),
+            'the window must be a positive interval of at most 1000 years, such as ''7 days''');
+    END IF;
+    days := extract(epoch FROM "window") / 86400;
+    since := now() - "window";
+
+    RETURN QUERY
+    WITH usage AS (
+        -- Fleets: ids assigned within the window (BRIN index on assigned_at).
+        SELECT 'fleet'::text AS scope, c.code AS key, c.name, c.max_drivers::bigint AS capacity,
+               c.assigned::bigint AS used, c.reserved::bigint AS reserved, c.free::bigint AS free,
+               c.utilization, coalesce(a.allocated, 0) / days AS per_day
+        FROM idmint.fleet_capacity c
+        LEFT JOIN (SELECT d.fleet_id, count(*) AS allocated
+                   FROM idmint.driver_numbers d
+                   WHERE d.assigned_at > since AND d.state = 'assigned'
+                   GROUP BY d.fleet_id) a ON a.fleet_id = c.fleet_id
+        UNION ALL
+        -- Entity types: numbers issued within the window (entity_events: one row per call).
+        SELECT 'entity', e.prefix::text, e.name, e.capacity::bigint, e.issued::bigint, 0,
+               e.free::bigint, e.utilization::float8, coalesce(a.allocated, 0) / days
+        FROM idmint.entity_capacity e
+        LEFT JOIN (SELECT v.prefix, sum(v.count) AS allocated
+                   FROM idmint.entity_events v
+                   WHERE v.at > since
+                   GROUP BY v.prefix) a ON a.prefix = e.prefix
+    )
+    SELECT u.scope, u.key, u.name, u.capacity, u.used, u.reserved, u.free, u.utilization, u.per_day,
+           -- Runs out at the current rate: now() + free / per_day days. Already full: now().
+           -- No allocations, or not before the year 9999: NULL ("never").
+           CASE WHEN u.free <= 0 THEN now()
+                WHEN u.per_day <= 0 OR u.free / u.per_day >= horizon THEN NULL
+                ELSE now() + make_interval(secs => u.free / u.per_day * 86400) END
+    FROM usage u
+    ORDER BY u.scope = 'entity', u.key COLLATE "C";
+END
+$$;
+COMMENT ON FUNCTION idmint.capacity_report(interval) IS
+    'Every fleet (scope fleet, key = code) and entity type (scope entity, key = prefix): capacity, used, active reservations, free, utilization, allocations per day over the window and the projected exhaustion (NULL: never; now() when full). ID003 bad window';
+
+-- Audit: who did what to which driver number, and when. Direct assignments (next_driver_id,
+-- next_driver_ids) are recorded in driver_numbers itself; the reservation life cycle
+-- (reserved, confirmed, released, expired) and counter resets in driver_id_events.
+-- A confirmed reservation appears once, as its 'confirmed' event.
+CREATE VIEW idmint.driver_id_audit AS
+SELECT d.assigned_at AS at,
+       d.fleet_id,
+       f.code AS fleet_code,
+       idmint._format_driver_id(d.number, f.code) AS driver_id,
+       d.number,
+       'assigned'::text AS event,
+       d.how,
+       d.issued_by AS actor,
+       d.application_name,
+       NULL::text AS reserved_by,
+       CASE WHEN d.bound THEN 'bound to an application row' END AS detail
+FROM idmint.driver_numbers d
+JOIN idmint.fleets f USING (fleet_id)
+WHERE d.state = 'assigned' AND d.how IS DISTINCT FROM 'confirm'
+UNION ALL
+SELECT e.at,
+       e.fleet_id,
+       f.code,
+       CASE WHEN e.number IS NOT NULL THEN idmint._format_driver_id(e.number, f.code) END,
+       e.number,
+       e.event,
+       NULL::text,
+       e.actor,
+       e.application_name,
+       e.reserved_by,
+       e.detail
+FROM idmint.driver_id_events e
+JOIN idmint.fleets f USING (fleet_id);
+COMMENT ON VIEW idmint.driver_id_audit IS
+    'Every driver number event: assigned (how: next|bulk), reserved, confirmed, released, expired, reset; with who (actor = session user, application_name, reserved_by) and when';
+
+-- The view computes driver_id, so filtering on it reads every row; this looks the id up
+-- by fleet code and number instead (indexes on fleets.code and both tables' (fleet_id, number)).
+CREATE FUNCTION idmint.driver_id_history(driver_id text) RETURNS SETOF idmint.driver_id_audit
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    id record;
+BEGIN
+    SELECT p.number, p.fleet_code INTO id FROM idmint.parse_driver_id(driver_id) p;
+    RETURN QUERY
+    SELECT * FROM idmint.driver_id_audit a
+    WHERE a.fleet_code = id.fleet_code AND a.number = id.number
+    ORDER BY a.at;
+END
+$$;
+COMMENT ON FUNCTION idmint.driver_id_history(text) IS
+    'The audit trail of one driver id (any case), oldest first: rows of idmint.driver_id_audit. ID003 if malformed';
