@@ -69,3 +69,22 @@ def db(connect: Callable[..., psycopg.Connection]) -> psycopg.Connection:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PGAPPNAME", "idmint-tests")
+
+
+# --- PgBouncer (transaction pooling, default_pool_size 2) in front of the test cluster ---
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgresql_proc: object) -> Iterator[object]:
+    """A real PgBouncer forwarding every database name to the session's cluster."""
+    from tests.pgbouncer import PgBouncer
+
+    proc = postgresql_proc
+    with PgBouncer(proc.host, proc.port, proc.user) as bouncer:  # type: ignore[attr-defined]
+        yield bouncer
+
+
+@pytest.fixture
+def pgbouncer_dsn(pgbouncer: object, postgresql: psycopg.Connection) -> str:
+    """Conninfo of this test's database (the one `dsn` names), reached through PgBouncer."""
+    return pgbouncer.conninfo(postgresql.info.dbname)  # type: ignore[attr-defined]

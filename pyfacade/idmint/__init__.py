@@ -1,3 +1,46 @@
-"""idmint: identifiers minted inside PostgreSQL."""
+"""idmint: identifiers minted inside PostgreSQL.
+
+``idmint.IdMint`` (sync) and ``idmint.AsyncIdMint`` (asyncio) call idmint's SQL functions;
+errors are :class:`IdmintError` subclasses, results frozen dataclasses.
+"""
+
+from ._queries import EntityCapacity, EntityType, Fleet, FleetCapacity, ParsedDriverId
+from .aio import AsyncIdMint
+from .client import IdMint
+from .errors import (
+    ERRORS,
+    AlreadyTakenError,
+    ConcurrencyError,
+    EntityRangeExhaustedError,
+    FleetCapacityError,
+    IdmintError,
+    ImmutableIdError,
+    InvalidArgumentError,
+    ReservationNotActiveError,
+    UnknownEntityTypeError,
+    UnknownFleetError,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ERRORS",
+    "AlreadyTakenError",
+    "AsyncIdMint",
+    "ConcurrencyError",
+    "EntityCapacity",
+    "EntityRangeExhaustedError",
+    "EntityType",
+    "Fleet",
+    "FleetCapacity",
+    "FleetCapacityError",
+    "IdMint",
+    "IdmintError",
+    "ImmutableIdError",
+    "InvalidArgumentError",
+    "ParsedDriverId",
+    "ReservationNotActiveError",
+    "UnknownEntityTypeError",
+    "UnknownFleetError",
+    "__version__",
+]
