@@ -66,7 +66,8 @@ CREATE FUNCTION idmint._format_driver_id(number integer, code text) RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT 'DRV-' || lpad(number::text, 3, '0') || code $$;
-COMMENT ON FUNCTION idmint._format_driver_id(integer, text) IS 'DRV-XXXYYY from a number and a fleet code';
+COMMENT ON FUNCTION idmint._format_driver_id(integer, text) IS
+    'DRV-XXXYYY from a number and a fleet code (next_driver_id''s fast path inlines the same expression)';
 
 -- NOTIFY idmint_capacity once for each threshold that [before, after) crosses upward.
 CREATE FUNCTION idmint._capacity_alert(scope text, key jsonb, capacity bigint,

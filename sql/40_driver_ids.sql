@@ -146,29 +146,40 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    num integer;
-    code text;
+    issued text;
     max_drivers integer;
     assigned integer;
+    code text;
 BEGIN
     IF request_key IS NULL THEN
-        -- Common case: nothing reserved or freed, so the next id is the counter's. The
-        -- UPDATE takes the fleet lock, reads and advances the counter in one statement.
-        UPDATE idmint.fleets f
-        SET last_number = f.last_number + 1, assigned = f.assigned + 1
-        WHERE f.fleet_id = next_driver_id.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
-        RETURNING f.last_number, f.code, f.max_drivers, f.assigned
-        INTO num, code, max_drivers, assigned;
-        IF FOUND THEN
+        -- Common case: nothing reserved or freed, so the next id is the counter's. One
+        -- statement takes the fleet lock, reads and advances the counter and writes the
+        -- ledger row: the lock is held through commit, so every microsecond here counts
+        -- (hence the inlined formatting, see idmint._format_driver_id).
+        WITH counter AS (
+            UPDATE idmint.fleets f
+            SET last_number = f.last_number + 1, assigned = f.assigned + 1
+            WHERE f.fleet_id = next_driver_id.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
+            RETURNING f.fleet_id, f.last_number, f.code, f.max_drivers, f.assigned
+        ), ledger AS (
             INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
                                                application_name, how)
-            VALUES (fleet, num, 'assigned', now(), session_user, current_setting('application_name'), 'next');
-            PERFORM idmint._durable();
+            SELECT c.fleet_id, c.last_number, 'assigned', now(), session_user,
+                   current_setting('application_name'), 'next'
+            FROM counter c
+        )
+        SELECT 'DRV-' || lpad(c.last_number::text, 3, '0') || c.code, c.max_drivers, c.assigned, c.code
+        INTO issued, max_drivers, assigned, code
+        FROM counter c;
+        IF issued IS NOT NULL THEN
+            IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                PERFORM idmint._durable();
+            END IF;
             IF assigned * 10 >= max_drivers * 8 THEN
                 PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
                                                '{0.8,0.9,1.0}');
             END IF;
-            RETURN idmint._format_driver_id(num, code);
+            RETURN issued;
         END IF;
     END IF;
     RETURN (idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next'))[1];
