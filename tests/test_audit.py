@@ -3,12 +3,11 @@ be traced in idmint.driver_id_audit — who (actor, application_name, reserved_b
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 import psycopg
 
-from tests.util import Connect, raises_sqlstate, scalar
+from tests.util import Connect, raises_sqlstate, scalar, wait_expired
 
 
 def trail(db: psycopg.Connection, driver_id: str) -> list[tuple[object, ...]]:
@@ -17,17 +16,6 @@ def trail(db: psycopg.Connection, driver_id: str) -> list[tuple[object, ...]]:
         " FROM idmint.driver_id_audit WHERE driver_id = %s ORDER BY at, event",
         [driver_id],
     ).fetchall()
-
-
-def wait_expired(db: psycopg.Connection, driver_id: str) -> None:
-    deadline = time.monotonic() + 10
-    while scalar(
-        db,
-        "SELECT now() < expires_at FROM idmint.driver_id_ledger WHERE driver_id = %s",
-        [driver_id],
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
 
 
 def test_every_life_cycle_step_is_traced(db: psycopg.Connection, connect: Connect) -> None:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.util import raises_sqlstate, scalar
-
-
-def wait_expired(db: psycopg.Connection, driver_id: str) -> None:
-    """Poll until the server's clock has passed a (tiny-ttl) reservation's expiry."""
-    deadline = time.monotonic() + 10
-    while scalar(
-        db,
-        "SELECT now() < expires_at FROM idmint.driver_id_ledger WHERE driver_id = %s",
-        [driver_id],
-    ):
-        assert time.monotonic() < deadline, f"{driver_id} never expired"
-        time.sleep(0.002)
+from tests.util import raises_sqlstate, scalar, wait_expired
 
 
 def capacity(db: psycopg.Connection, code: str) -> dict[str, Any]:

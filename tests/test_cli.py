@@ -13,12 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.util import wait_expired
 
 IDMINT = str(Path(sys.executable).with_name("idmint"))
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
@@ -378,21 +380,6 @@ def test_numbers_and_claim(dsn: str, db: psycopg.Connection) -> None:
 # -- cleanup ----------------------------------------------------------------------------------
 
 
-def wait_expired(db: psycopg.Connection, ids: Sequence[str], timeout: float = 30.0) -> None:
-    """Wait until the server itself reports these reservations as expired."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = db.execute(
-            "SELECT count(*) FILTER (WHERE status = 'expired') FROM idmint.driver_id_ledger"
-            " WHERE driver_id = ANY(%s)",
-            (list(ids),),
-        ).fetchone()
-        if row == (len(ids),):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"reservations {ids} never expired")
-
-
 def reserve_short(dsn: str, fleet_name: str) -> str:
     code, _ = add_fleet(dsn, fleet_name)
     return run("reserve", code, "--ttl", "100ms", dsn=dsn).stdout.strip()
@@ -402,7 +389,7 @@ def test_cleanup_once(dsn: str, db: psycopg.Connection) -> None:
     # one fleet each: an expired reservation would be handed out again by the next reserve
     short = [reserve_short(dsn, f"Clean {i}") for i in range(2)]
     kept = run("reserve", add_fleet(dsn, "Kept")[0], "--ttl", "1h", dsn=dsn).stdout.strip()
-    wait_expired(db, short)
+    wait_expired(db, *short)
     assert lines(run("cleanup", dsn=dsn)) == ["2"]
     assert lines(run("cleanup", dsn=dsn)) == ["0"]
     rows = db.execute("SELECT driver_id, status FROM idmint.driver_id_ledger").fetchall()
@@ -469,7 +456,7 @@ def test_cleanup_every_until_signal(
     dsn: str, db: psycopg.Connection, daemons: Callable[..., Daemon], sig: signal.Signals
 ) -> None:
     short = [reserve_short(dsn, f"Loop {i}") for i in range(3)]
-    wait_expired(db, short)
+    wait_expired(db, *short)
 
     d = daemons("cleanup", "--every", "1", dsn=dsn)
     banner = d.next_line(lambda s: "every" in s)

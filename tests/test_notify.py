@@ -8,7 +8,6 @@ calls sent, so no test waits for "nothing more to come".
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar
+from tests.util import Connect, raises_sqlstate, scalar, wait_expired
 
 Drain = Callable[[], list[tuple[float, float]]]
 
@@ -80,17 +79,6 @@ def test_each_call_sends_only_the_thresholds_it_crosses(
         db.execute("SELECT idmint.next_driver_id('STP')")
         sent.append(drain())
     assert sent == [[]] * 7 + [[(0.8, 0.8)], [(0.9, 0.9)], [(1.0, 1.0)]]
-
-
-def wait_expired(db: psycopg.Connection, driver_id: str) -> None:
-    deadline = time.monotonic() + 10
-    while scalar(
-        db,
-        "SELECT now() < expires_at FROM idmint.driver_id_ledger WHERE driver_id = %s",
-        [driver_id],
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
 
 
 def test_dropping_below_and_crossing_again_notifies_again(

@@ -30,6 +30,21 @@ def wait_until_blocked(observer: psycopg.Connection, pid: int, timeout: float = 
     raise AssertionError(f"backend {pid} never blocked")
 
 
+def wait_expired(db: psycopg.Connection, *driver_ids: str, timeout: float = 30.0) -> None:
+    """Poll until the server itself reports these (tiny-ttl) reservations as expired."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute(
+            "SELECT count(*) FILTER (WHERE status = 'expired') FROM idmint.driver_id_ledger"
+            " WHERE driver_id = ANY(%s)",
+            [list(driver_ids)],
+        ).fetchone()
+        if row == (len(driver_ids),):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"reservations {driver_ids} never expired")
+
+
 def table_snapshot(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every idmint table, to prove that a failed call wrote nothing."""
     tables = [
