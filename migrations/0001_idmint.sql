@@ -93,6 +93,9 @@ CREATE TABLE idmint.driver_numbers (
     state            text        NOT NULL CHECK (state IN ('reserved', 'assigned', 'free')),
     request_key      text,
     reserved_by      text,
+    -- The reservation named its holder (reserved_by given): only that holder may confirm
+    -- or release it, and only that holder gets it back from a repeated confirm.
+    holder_named     boolean     NOT NULL DEFAULT false,
     reserved_at      timestamptz,
     expires_at       timestamptz,
     assigned_at      timestamptz,
@@ -193,6 +196,39 @@ CREATE TABLE idmint.entity_free (
 COMMENT ON TABLE idmint.entity_free IS
     'Shuffled deck of the free numbers of half-full entity types (secret order, dealt from deck_next on)';
 
+-- ==== sql/14_binding_tables.sql ====
+-- Provisional bindings of the triggers (assign_driver_id, assign_entity_number).
+--
+-- A BEFORE ROW trigger fires before INSERT ... ON CONFLICT decides whether the proposed row
+-- is stored, so what the trigger binds may belong to a row that never exists. Each binding
+-- made or undone by a trigger is recorded here for its transaction; at commit a deferred
+-- constraint trigger (sql/57) looks for the rows and undoes what was never stored. Rows
+-- live only inside their transaction: settled and deleted at its commit, gone with its
+-- rollback.
+CREATE TABLE idmint.pending_bindings (
+    pending_id bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid        xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    kind       text        NOT NULL CHECK (kind IN ('driver', 'entity')),
+    fleet_id   uuid        CHECK ((kind = 'driver') = (fleet_id IS NOT NULL)),
+    number     integer     NOT NULL,
+    tbl        oid         NOT NULL,   -- the app table (partition root) whose rows carry it
+    col        text        NOT NULL,
+    value      text        NOT NULL,   -- as written into the row
+    -- The number's state before this transaction touched it, i.e. what to undo to:
+    -- new (issued for the row), claimed (entity number registered for the row),
+    -- reserved (a reservation confirmed for the row; prior keeps it), unbound (issued,
+    -- carried by no row), bound (carried by a row that is being deleted).
+    origin     text        NOT NULL CHECK (origin IN ('new', 'claimed', 'reserved', 'unbound', 'bound')),
+    stored     boolean     NOT NULL,   -- a DELETE trigger saw a stored row carry it
+    -- Issued by the backfill for a row its UPDATE is about to write: the column's own
+    -- trigger may bind it once (the backfill writes each number into one row).
+    awaiting_row boolean   NOT NULL DEFAULT false,
+    prior      jsonb
+);
+CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, fleet_id, number) NULLS NOT DISTINCT;
+COMMENT ON TABLE idmint.pending_bindings IS
+    'Bindings made by the triggers in open transactions, checked against the stored rows at commit';
+
 -- ==== sql/20_common.sql ====
 -- Helpers shared by the public functions. Internal (leading underscore): no EXECUTE for apps.
 
@@ -213,7 +249,7 @@ COMMENT ON FUNCTION idmint._durable() IS
 
 -- Resolve a fleet given as code (any case) or uuid text.
 CREATE FUNCTION idmint._fleet_id(fleet text) RETURNS uuid
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER  -- read-only; the invoker-rights trigger resolves fleets with it
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -418,31 +454,39 @@ COMMENT ON FUNCTION idmint.parse_driver_id(text) IS
     'Split DRV-XXXYYY into its number and upper-case fleet code; ID003 if malformed (the fleet need not exist)';
 
 -- The general allocator: n numbers, lowest freed or expired ones first, then new ones
--- from the counter. Reserves them (reserve_ttl given) or assigns them.
+-- from the counter. Reserves them (reserve_ttl given) or assigns them; `bind` marks them
+-- carried by an app row (the trigger). Expiry is judged by the clock at the call
+-- (clock_timestamp()), never by the transaction's start.
+--
+-- Under REPEATABLE READ the fleet row lock below raises 40001 when the fleet changed after
+-- the snapshot; every change that frees a number (release, a row's settled upsert, reset)
+-- updates the fleet row for this reason, so a stale snapshot can never skip a freed number.
 CREATE FUNCTION idmint._issue(fleet uuid, n integer, request_key text, how text,
-                              reserved_by text DEFAULT NULL, reserve_ttl interval DEFAULT NULL)
-RETURNS text[]
+                              reserved_by text DEFAULT NULL, reserve_ttl interval DEFAULT NULL,
+                              holder_named boolean DEFAULT false, bind boolean DEFAULT false)
+RETURNS TABLE (number integer, driver_id text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     f idmint.fleets;
     reserving constant boolean := reserve_ttl IS NOT NULL;
-    prior text;
+    at constant timestamptz := clock_timestamp();
+    prior integer;
     reuse integer[];
     n_reuse integer;
     n_new integer;
     active_reserved integer := 0;
-    issued text[];
 BEGIN
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
 
     IF _issue.request_key IS NOT NULL THEN
-        SELECT idmint._format_driver_id(d.number, f.code) INTO prior
+        SELECT d.number INTO prior
         FROM idmint.driver_numbers d
         WHERE d.fleet_id = f.fleet_id AND d.request_key = _issue.request_key;
         IF prior IS NOT NULL THEN
-            RETURN ARRAY[prior];
+            RETURN QUERY SELECT prior, idmint._format_driver_id(prior, f.code);
+            RETURN;
         END IF;
     END IF;
 
@@ -450,12 +494,13 @@ BEGIN
         SELECT array_agg(s.number ORDER BY s.number) INTO reuse
         FROM (SELECT d.number FROM idmint.driver_numbers d
               WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'
-                AND (d.state = 'free' OR d.expires_at <= now())
+                AND (d.state = 'free' OR d.expires_at <= at)
               ORDER BY d.number
               LIMIT n) s;
+        -- state <> 'assigned' repeats the partial index's predicate so that it is used.
         SELECT count(*) INTO active_reserved FROM idmint.driver_numbers d
         WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'
-          AND d.state = 'reserved' AND d.expires_at > now();
+          AND d.state = 'reserved' AND d.expires_at > at;
     END IF;
     n_reuse := coalesce(cardinality(reuse), 0);
     n_new := n - n_reuse;
@@ -464,7 +509,9 @@ BEGIN
         PERFORM idmint._error('fleet_capacity_exhausted',
             format('fleet %s has %s free number(s), %s requested', f.code,
                    n_reuse + f.max_drivers - f.last_number, n),
-            'release reservations or wait for them to expire; a fleet holds at most max_drivers ids',
+            CASE WHEN active_reserved > 0
+                 THEN 'release reservations or wait for them to expire; a fleet holds at most max_drivers ids'
+                 ELSE format('every number up to max_drivers (%s) is issued; max_drivers is at most 999', f.max_drivers) END,
             format('max_drivers %s, assigned %s, active reservations %s', f.max_drivers, f.assigned, active_reserved));
     END IF;
 
@@ -485,24 +532,26 @@ BEGIN
         SET state = CASE WHEN reserving THEN 'reserved' ELSE 'assigned' END,
             request_key = _issue.request_key,
             reserved_by = _issue.reserved_by,
-            reserved_at = CASE WHEN reserving THEN now() END,
-            expires_at = CASE WHEN reserving THEN now() + reserve_ttl END,
-            assigned_at = CASE WHEN reserving THEN NULL ELSE now() END,
+            holder_named = _issue.holder_named,
+            reserved_at = CASE WHEN reserving THEN at END,
+            expires_at = CASE WHEN reserving THEN at + reserve_ttl END,
+            assigned_at = CASE WHEN reserving THEN NULL ELSE at END,
             issued_by = session_user,
             application_name = current_setting('application_name'),
             how = _issue.how,
-            bound = false
+            bound = _issue.bind
         WHERE d.fleet_id = f.fleet_id AND d.number = ANY (reuse);
     END IF;
 
     IF n_new > 0 THEN
-        INSERT INTO idmint.driver_numbers (fleet_id, number, state, request_key, reserved_by, reserved_at,
-                                           expires_at, assigned_at, issued_by, application_name, how)
+        INSERT INTO idmint.driver_numbers (fleet_id, number, state, request_key, reserved_by, holder_named,
+                                           reserved_at, expires_at, assigned_at, issued_by, application_name,
+                                           how, bound)
         SELECT f.fleet_id, g, CASE WHEN reserving THEN 'reserved' ELSE 'assigned' END, _issue.request_key,
-               _issue.reserved_by, CASE WHEN reserving THEN now() END,
-               CASE WHEN reserving THEN now() + reserve_ttl END,
-               CASE WHEN reserving THEN NULL ELSE now() END,
-               session_user, current_setting('application_name'), _issue.how
+               _issue.reserved_by, _issue.holder_named, CASE WHEN reserving THEN at END,
+               CASE WHEN reserving THEN at + reserve_ttl END,
+               CASE WHEN reserving THEN NULL ELSE at END,
+               session_user, current_setting('application_name'), _issue.how, _issue.bind
         FROM generate_series(f.last_number + 1, f.last_number + n_new) AS g;
     END IF;
 
@@ -517,12 +566,13 @@ BEGIN
                                    f.assigned + active_reserved, f.assigned + active_reserved + n,
                                    '{0.8,0.9,1.0}');
 
-    SELECT array_agg(idmint._format_driver_id(x, f.code) ORDER BY x) INTO issued
-    FROM unnest(reuse || ARRAY(SELECT generate_series(f.last_number + 1, f.last_number + n_new))) AS x;
-    RETURN issued;
+    RETURN QUERY
+    SELECT x, idmint._format_driver_id(x, f.code)
+    FROM unnest(reuse || ARRAY(SELECT generate_series(f.last_number + 1, f.last_number + n_new))) AS x
+    ORDER BY x;
 END
 $$;
-COMMENT ON FUNCTION idmint._issue(uuid, integer, text, text, text, interval) IS
+COMMENT ON FUNCTION idmint._issue(uuid, integer, text, text, text, interval, boolean, boolean) IS
     'Allocate n numbers of a fleet under its lock: freed/expired lowest first, then the counter';
 
 CREATE FUNCTION idmint.next_driver_id(fleet uuid, request_key text DEFAULT NULL) RETURNS text
@@ -566,7 +616,7 @@ BEGIN
             RETURN issued;
         END IF;
     END IF;
-    RETURN (idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next'))[1];
+    RETURN (SELECT i.driver_id FROM idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next') i);
 END
 $$;
 COMMENT ON FUNCTION idmint.next_driver_id(uuid, text) IS
@@ -588,7 +638,7 @@ BEGIN
         PERFORM idmint._error('invalid_argument', format('n %s is out of range', coalesce(n::text, 'NULL')),
                               'n must be between 1 and 999 (a fleet holds at most 999 ids)');
     END IF;
-    RETURN QUERY SELECT unnest(idmint._issue(idmint._fleet_id(fleet), n, NULL, 'bulk'));
+    RETURN QUERY SELECT i.driver_id FROM idmint._issue(idmint._fleet_id(fleet), n, NULL, 'bulk') i;
 END
 $$;
 COMMENT ON FUNCTION idmint.next_driver_ids(uuid, integer) IS
@@ -612,9 +662,10 @@ BEGIN
         PERFORM idmint._error('invalid_argument', format('ttl %s is out of range', coalesce(ttl::text, 'NULL')),
                               'ttl must be positive and at most 1 day');
     END IF;
-    RETURN (idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
-                          coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
-                          ttl))[1];
+    RETURN (SELECT i.driver_id
+            FROM idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
+                               coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
+                               ttl, reserved_by IS NOT NULL) i);
 END
 $$;
 COMMENT ON FUNCTION idmint.reserve_driver_id(uuid, text, interval) IS
@@ -641,7 +692,17 @@ END
 $$;
 COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock its fleet row; fleet_id NULL if no such fleet';
 
-CREATE FUNCTION idmint.confirm_driver_id(driver_id text) RETURNS text
+-- The holder rule of confirm and release: a reservation that named its holder
+-- (holder_named) answers only to a call presenting the same reserved_by; one made without
+-- answers to any call. An expired reservation answers to nobody.
+CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT NOT d.holder_named OR d.reserved_by IS NOT DISTINCT FROM reserved_by $$;
+COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
+    'True when a call presenting reserved_by may act on this reservation (the holder rule)';
+
+CREATE FUNCTION idmint.confirm_driver_id(driver_id text, reserved_by text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -656,11 +717,11 @@ BEGIN
         SELECT * INTO d FROM idmint.driver_numbers x
         WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
     END IF;
-    IF d.state = 'assigned' THEN
+    IF d.state = 'assigned' AND idmint._holds(d, reserved_by) THEN
         RETURN normalized;
-    ELSIF d.state = 'reserved' AND d.expires_at > now() THEN
+    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() AND idmint._holds(d, reserved_by) THEN
         UPDATE idmint.driver_numbers x
-        SET state = 'assigned', assigned_at = now(), expires_at = NULL, how = 'confirm',
+        SET state = 'assigned', assigned_at = clock_timestamp(), expires_at = NULL, how = 'confirm',
             issued_by = session_user, application_name = current_setting('application_name')
         WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
         UPDATE idmint.fleets f SET assigned = f.assigned + 1, unassigned = f.unassigned - 1
@@ -671,18 +732,21 @@ BEGIN
         RETURN normalized;
     END IF;
     PERFORM idmint._error('reservation_not_active',
-        format('driver id %s is not actively reserved: %s', normalized,
-               CASE WHEN d.state = 'reserved' THEN 'its reservation expired at ' || d.expires_at
+        format('driver id %s is not actively reserved%s: %s', normalized,
+               CASE WHEN reserved_by IS NOT NULL THEN format(' by %L', reserved_by) ELSE '' END,
+               CASE WHEN d.state IN ('reserved', 'assigned') AND NOT idmint._holds(d, reserved_by)
+                        THEN 'another holder has it'
+                    WHEN d.state = 'reserved' THEN 'its reservation expired at ' || d.expires_at
                     WHEN d.state = 'free' THEN 'its reservation was released or expired'
                     ELSE 'it was never reserved' END),
         'reserve a new id with idmint.reserve_driver_id');
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION idmint.confirm_driver_id(text) IS
-    'Turn an active reservation into an assignment and return the normalised id; idempotent for assigned ids. ID006 expired, released or unknown';
+COMMENT ON FUNCTION idmint.confirm_driver_id(text, text) IS
+    'Turn an active reservation into an assignment and return the normalised id; idempotent for assigned ids. A reservation made with reserved_by answers only to the same reserved_by. ID006 expired, released, unknown or another holder''s';
 
-CREATE FUNCTION idmint.release_driver_id(driver_id text) RETURNS boolean
+CREATE FUNCTION idmint.release_driver_id(driver_id text, reserved_by text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -700,10 +764,14 @@ BEGIN
             format('driver id %s is assigned and cannot be released',
                    idmint._format_driver_id(d.number, target.code)),
             'assigned driver ids are permanent');
-    ELSIF d.state = 'reserved' AND d.expires_at > now() THEN
+    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() AND idmint._holds(d, reserved_by) THEN
         UPDATE idmint.driver_numbers x
-        SET state = 'free', request_key = NULL, reserved_by = NULL, reserved_at = NULL, expires_at = NULL
+        SET state = 'free', request_key = NULL, reserved_by = NULL, holder_named = false,
+            reserved_at = NULL, expires_at = NULL
         WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        -- A new version of the fleet row: a REPEATABLE READ allocator whose snapshot
+        -- predates this release gets 40001 instead of skipping the freed number.
+        UPDATE idmint.fleets f SET unassigned = f.unassigned WHERE f.fleet_id = d.fleet_id;
         INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by)
         VALUES (d.fleet_id, d.number, 'released', d.reserved_by);
         RETURN true;
@@ -711,24 +779,25 @@ BEGIN
     RETURN false;
 END
 $$;
-COMMENT ON FUNCTION idmint.release_driver_id(text) IS
-    'Give back an active reservation (true); false if the id is not actively reserved. ID007 for an assigned id, ID003 if malformed';
+COMMENT ON FUNCTION idmint.release_driver_id(text, text) IS
+    'Give back an active reservation (true); false if the id is not actively reserved or another holder''s. ID007 for an assigned id, ID003 if malformed';
 
 CREATE FUNCTION idmint.purge_expired_reservations() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    at constant timestamptz := clock_timestamp();
     locked uuid[];
     purged integer;
 BEGIN
-    -- Fleets in a fixed order, so concurrent purges and allocators cannot deadlock.
-    SELECT array_agg(f.fleet_id ORDER BY f.fleet_id) INTO locked
+    -- Never waits: a fleet another transaction holds is skipped (the next run gets it),
+    -- so the purge neither stalls behind an open transaction nor deadlocks with one.
+    SELECT array_agg(f.fleet_id) INTO locked
     FROM (SELECT f.fleet_id FROM idmint.fleets f
           WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
-                               WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= now())
-          ORDER BY f.fleet_id
-          FOR NO KEY UPDATE) f;
+                               WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= at)
+          FOR NO KEY UPDATE SKIP LOCKED) f;
     IF locked IS NULL THEN
         RETURN 0;
     END IF;
@@ -736,10 +805,11 @@ BEGIN
     -- count as unassigned, so the fleet counters do not change).
     WITH gone AS (
         UPDATE idmint.driver_numbers d
-        SET state = 'free', request_key = NULL, reserved_by = NULL, reserved_at = NULL, expires_at = NULL
+        SET state = 'free', request_key = NULL, reserved_by = NULL, holder_named = false,
+            reserved_at = NULL, expires_at = NULL
         FROM idmint.driver_numbers old
         WHERE d.fleet_id = ANY (locked) AND d.state <> 'assigned' AND d.state = 'reserved'
-          AND d.expires_at <= now()
+          AND d.expires_at <= at
           AND old.fleet_id = d.fleet_id AND old.number = d.number
         RETURNING d.fleet_id, d.number, old.reserved_by, old.expires_at
     )
@@ -750,7 +820,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION idmint.purge_expired_reservations() IS
-    'Delete expired reservations (their numbers stay reissuable) and return how many. Correctness never depends on it';
+    'Mark expired reservations free (their numbers stay reissuable) and return how many; skips fleets other transactions hold. Correctness never depends on it';
 
 CREATE FUNCTION idmint.reset_driver_sequence(fleet uuid, last_number integer DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -766,7 +836,7 @@ BEGIN
     FOR NO KEY UPDATE;
     SELECT coalesce(max(d.number), 0) INTO highest FROM idmint.driver_numbers d
     WHERE d.fleet_id = f.fleet_id
-      AND (d.state = 'assigned' OR (d.state = 'reserved' AND d.expires_at > now()));
+      AND (d.state = 'assigned' OR (d.state = 'reserved' AND d.expires_at > clock_timestamp()));
     target := coalesce(reset_driver_sequence.last_number, highest);
     IF target < 0 OR target > f.max_drivers THEN
         PERFORM idmint._error('invalid_argument', format('last_number %s is out of range for fleet %s', target, f.code),
@@ -810,7 +880,7 @@ SELECT idmint._format_driver_id(d.number, f.code) AS driver_id,
        f.code AS fleet_code,
        d.number,
        CASE WHEN d.state = 'assigned' THEN 'assigned'
-            WHEN d.expires_at > now() THEN 'reserved'
+            WHEN d.expires_at > clock_timestamp() THEN 'reserved'
             ELSE 'expired' END AS status,
        d.reserved_by,
        d.reserved_at,
@@ -824,19 +894,31 @@ COMMENT ON VIEW idmint.driver_id_ledger IS
 
 -- ==== sql/45_driver_trigger.sql ====
 -- Trigger function for an application's own drivers table:
---   CREATE TRIGGER ... BEFORE INSERT OR UPDATE ON app.drivers FOR EACH ROW
+--   CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON app.drivers FOR EACH ROW
 --   EXECUTE FUNCTION idmint.assign_driver_id('fleet_column', 'driver_id_column');
--- The row is read and written through jsonb, so no dynamic SQL touches the app table.
+--
+-- Security: the trigger function runs with the caller's rights (SECURITY INVOKER). It reads
+-- and writes the row through jsonb, so the app's casts and domains run as the app's role,
+-- and it hands only plain values (text, regclass) to the privileged functions
+-- bind_driver_id and unbind_driver_id.
+--
+-- Binding follows the rows really stored: a BEFORE trigger fires before ON CONFLICT is
+-- decided, so every binding made here is provisional until commit, when
+-- idmint._settle_bindings (sql/57) looks for the rows and undoes what was never stored.
 
--- Shared by both trigger functions: check the trigger's arguments and columns.
-CREATE FUNCTION idmint._trigger_columns(fn text, row_json jsonb, args text[], nargs integer) RETURNS void
-LANGUAGE plpgsql
+-- Shared by both trigger functions: check how the trigger was declared and its two
+-- column arguments against the row (plain values; raises as the owner, reads nothing).
+CREATE FUNCTION idmint._trigger_columns(fn text, level text, timing text, row_json jsonb, args text[], nargs integer)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     col text;
 BEGIN
-    IF nargs <> 2 THEN
+    IF level IS DISTINCT FROM 'ROW' OR timing IS DISTINCT FROM 'BEFORE' THEN
+        PERFORM idmint._error('invalid_argument', format('%s() must be a BEFORE INSERT OR UPDATE OR DELETE row trigger', fn));
+    ELSIF nargs <> 2 THEN
         PERFORM idmint._error('invalid_argument', format('%s() takes 2 trigger arguments, got %s', fn, nargs));
     END IF;
     FOREACH col IN ARRAY args LOOP
@@ -846,80 +928,187 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION idmint._trigger_columns(text, jsonb, text[], integer) IS
-    'Validate a row trigger''s two column-name arguments against the row';
+COMMENT ON FUNCTION idmint._trigger_columns(text, text, text, jsonb, text[], integer) IS
+    'Validate a row trigger''s declaration and its two column-name arguments against the row';
+
+-- An UPDATE may not change a row's driver id, nor move it to another fleet.
+CREATE FUNCTION idmint._driver_id_unchanged(old_id text, new_id text, old_fleet text, new_fleet text)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF new_id IS DISTINCT FROM old_id
+       OR (old_fleet IS DISTINCT FROM new_fleet
+           AND idmint._fleet_id(old_fleet) IS DISTINCT FROM idmint._fleet_id(new_fleet)) THEN
+        PERFORM idmint._error('immutable_id', format('driver id %s cannot be changed', old_id),
+                              'a driver id stays with its row and fleet for ever');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._driver_id_unchanged(text, text, text, text) IS
+    'ID007 unless an updated row keeps its driver id and fleet';
+
+-- The table a binding is checked against at commit: the root of a partition tree, so a
+-- row that moves between partitions is still found.
+CREATE FUNCTION idmint._binding_table(rel oid) RETURNS regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(pg_partition_root(rel), rel::regclass) $$;
+COMMENT ON FUNCTION idmint._binding_table(oid) IS
+    'The table whose rows a trigger binding is checked against: the partition root, else the table itself';
+
+-- Record a provisional binding of the calling transaction (settled at its commit).
+CREATE FUNCTION idmint._pend_binding(kind text, fleet_id uuid, number integer, tbl regclass, col text,
+                                     value text, origin text, prior jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- A key touched again in the same transaction keeps its first origin (what to undo
+    -- to) and follows the row to its latest table.
+    INSERT INTO idmint.pending_bindings AS p (kind, fleet_id, number, tbl, col, value, origin, stored, prior)
+    VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
+    ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+    SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
+        stored = p.stored OR excluded.stored
+$$;
+COMMENT ON FUNCTION idmint._pend_binding(text, uuid, integer, regclass, text, text, text, jsonb) IS
+    'Record that this transaction bound (or, origin bound, unbound) a number to a row of tbl.col';
+
+CREATE FUNCTION idmint.bind_driver_id(tbl regclass, col text, fleet text, driver_id text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fleet_id uuid;
+    target record;
+    d idmint.driver_numbers;
+    issued record;
+    normalized text;
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR col = '' THEN
+        PERFORM idmint._error('invalid_argument', 'bind_driver_id(): tbl and col must not be NULL');
+    ELSIF fleet IS NULL THEN
+        PERFORM idmint._error('invalid_argument', format('assign_driver_id(): column %I is NULL', col),
+                              'every driver row needs its fleet');
+    END IF;
+    fleet_id := idmint._fleet_id(fleet);
+
+    IF driver_id IS NULL THEN
+        SELECT * INTO issued FROM idmint._issue(fleet_id, 1, NULL, 'next', bind => true);
+        PERFORM idmint._pend_binding('driver', fleet_id, issued.number, tbl, col, issued.driver_id, 'new');
+        RETURN issued.driver_id;
+    END IF;
+
+    target := idmint._lock_fleet_of(driver_id);
+    normalized := idmint._format_driver_id(target.number, target.code);
+    IF target.fleet_id IS DISTINCT FROM fleet_id THEN
+        PERFORM idmint._error('reservation_not_active',
+            format('driver id %s does not belong to fleet %s', normalized, fleet),
+            'use an id reserved or issued for this row''s fleet, or leave it NULL');
+    END IF;
+    SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
+    IF d.state = 'reserved' AND d.expires_at > clock_timestamp() THEN
+        -- Confirm it now (so no one else can take it); undone at commit if the row was not stored.
+        UPDATE idmint.driver_numbers x
+        SET state = 'assigned', assigned_at = clock_timestamp(), expires_at = NULL, how = 'confirm',
+            issued_by = session_user, application_name = current_setting('application_name'), bound = true
+        WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        UPDATE idmint.fleets f SET assigned = f.assigned + 1, unassigned = f.unassigned - 1
+        WHERE f.fleet_id = d.fleet_id;
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by)
+        VALUES (d.fleet_id, d.number, 'confirmed', d.reserved_by);
+        PERFORM idmint._pend_binding('driver', d.fleet_id, d.number, tbl, col, normalized, 'reserved',
+                                     jsonb_build_object('reserved_at', d.reserved_at, 'expires_at', d.expires_at,
+                                                        'how', d.how, 'issued_by', d.issued_by,
+                                                        'application_name', d.application_name));
+    ELSIF d.state = 'assigned' AND d.bound THEN
+        PERFORM idmint._error('already_taken', format('driver id %s is already used by another row', normalized),
+                              'leave the id NULL to get the next one');
+    ELSIF d.state = 'assigned' THEN
+        UPDATE idmint.driver_numbers x SET bound = true WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        PERFORM idmint._pend_binding('driver', d.fleet_id, d.number, tbl, col, normalized, 'unbound');
+    ELSE
+        PERFORM idmint._error('reservation_not_active',
+            format('driver id %s was not issued or reserved for this fleet, or its reservation is gone', normalized),
+            'leave the id NULL to get the next one');
+    END IF;
+    PERFORM idmint._durable();
+    RETURN normalized;
+END
+$$;
+COMMENT ON FUNCTION idmint.bind_driver_id(regclass, text, text, text) IS
+    'For idmint.assign_driver_id(): give a row of tbl its driver id (NULL: the fleet''s next; reserved: confirmed; issued and unbound: bound) until commit shows whether the row was stored. ID002/ID003/ID004/ID006';
+
+CREATE FUNCTION idmint.unbind_driver_id(tbl regclass, col text, driver_id text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target record;
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR NOT idmint.is_valid_driver_id(driver_id) THEN
+        RETURN;  -- a row whose value idmint never issued carries nothing to unbind
+    END IF;
+    target := idmint._lock_fleet_of(driver_id);
+    UPDATE idmint.driver_numbers x SET bound = false
+    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound;
+    IF FOUND THEN
+        PERFORM idmint._pend_binding('driver', target.fleet_id, target.number, tbl, col,
+                                     idmint._format_driver_id(target.number, target.code), 'bound');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint.unbind_driver_id(regclass, text, text) IS
+    'For idmint.assign_driver_id(): a row of tbl carrying this id is being deleted; the id stays assigned and a later row may carry it';
 
 CREATE FUNCTION idmint.assign_driver_id() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     fleet_col constant text := TG_ARGV[0];
     id_col constant text := TG_ARGV[1];
+    tbl constant regclass := idmint._binding_table(TG_RELID);
     new_row jsonb;
+    old_row jsonb;
     old_id text;
     new_id text;
-    fleet uuid;
-    target record;
-    d idmint.driver_numbers;
 BEGIN
-    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
-        PERFORM idmint._error('invalid_argument', 'assign_driver_id() must be a BEFORE INSERT OR UPDATE row trigger');
+    IF TG_OP = 'DELETE' THEN
+        old_row := to_jsonb(OLD);
+        PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, old_row, TG_ARGV, TG_NARGS);
+        IF old_row ->> id_col IS NOT NULL THEN
+            PERFORM idmint.unbind_driver_id(tbl, id_col, old_row ->> id_col);
+        END IF;
+        RETURN OLD;
     END IF;
+
     new_row := to_jsonb(NEW);
-    PERFORM idmint._trigger_columns('assign_driver_id', new_row, TG_ARGV, TG_NARGS);
+    PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, new_row, TG_ARGV, TG_NARGS);
     new_id := new_row ->> id_col;
 
     IF TG_OP = 'UPDATE' THEN
-        old_id := to_jsonb(OLD) ->> id_col;
+        old_row := to_jsonb(OLD);
+        old_id := old_row ->> id_col;
         IF old_id IS NOT NULL THEN
-            IF new_id IS DISTINCT FROM old_id
-               OR idmint._fleet_id(to_jsonb(OLD) ->> fleet_col) IS DISTINCT FROM
-                  idmint._fleet_id(new_row ->> fleet_col) THEN
-                PERFORM idmint._error('immutable_id', format('driver id %s cannot be changed', old_id),
-                                      'a driver id stays with its row and fleet for ever');
-            END IF;
+            PERFORM idmint._driver_id_unchanged(old_id, new_id, old_row ->> fleet_col, new_row ->> fleet_col);
             RETURN NEW;
         ELSIF new_id IS NULL THEN
             RETURN NEW;  -- an unrelated update of a row that never had an id
         END IF;
     END IF;
 
-    IF new_row ->> fleet_col IS NULL THEN
-        PERFORM idmint._error('invalid_argument', format('assign_driver_id(): column %I is NULL', fleet_col),
-                              'every driver row needs its fleet');
+    new_id := idmint.bind_driver_id(tbl, id_col, new_row ->> fleet_col, new_id);
+    IF new_id IS DISTINCT FROM new_row ->> id_col THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(id_col, new_id));
     END IF;
-    fleet := idmint._fleet_id(new_row ->> fleet_col);
-
-    IF new_id IS NULL THEN
-        new_id := idmint.next_driver_id(fleet);
-        target := idmint._lock_fleet_of(new_id);
-        UPDATE idmint.driver_numbers x SET bound = true WHERE x.fleet_id = fleet AND x.number = target.number;
-    ELSE
-        target := idmint._lock_fleet_of(new_id);
-        new_id := idmint._format_driver_id(target.number, target.code);
-        IF target.fleet_id IS DISTINCT FROM fleet THEN
-            PERFORM idmint._error('reservation_not_active',
-                format('driver id %s does not belong to fleet %s', new_id, new_row ->> fleet_col),
-                'use an id reserved or issued for this row''s fleet, or leave it NULL');
-        END IF;
-        SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = fleet AND x.number = target.number;
-        IF d.state = 'reserved' AND d.expires_at > now() THEN
-            PERFORM idmint.confirm_driver_id(new_id);
-        ELSIF d.state = 'assigned' AND d.bound THEN
-            PERFORM idmint._error('already_taken', format('driver id %s is already used by another row', new_id));
-        ELSIF d.state IS DISTINCT FROM 'assigned' THEN
-            PERFORM idmint._error('reservation_not_active',
-                format('driver id %s was not issued or reserved for this fleet, or its reservation is gone', new_id),
-                'leave the id NULL to get the next one');
-        END IF;
-        UPDATE idmint.driver_numbers x SET bound = true WHERE x.fleet_id = fleet AND x.number = target.number;
-    END IF;
-    RETURN jsonb_populate_record(NEW, jsonb_build_object(id_col, new_id));
+    RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION idmint.assign_driver_id() IS
-    'BEFORE INSERT OR UPDATE trigger (fleet column, id column): assigns, confirms or binds the row''s driver id. ID004 used, ID006 foreign/inactive, ID007 changed';
+    'BEFORE INSERT OR UPDATE OR DELETE row trigger (fleet column, id column), with the caller''s rights: assigns, confirms or binds the row''s driver id; DELETE unbinds it. ID004 used, ID006 foreign/inactive, ID007 changed';
 
 -- ==== sql/50_entity_numbers.sql ====
 -- Entity numbers: 7 digits, the first is the type prefix 1..9, the other six random.
@@ -1061,10 +1250,7 @@ DECLARE
     last_pos bigint;
 BEGIN
     -- n is checked first, so that a huge n fails at once.
-    IF n IS NULL OR n NOT BETWEEN 1 AND (CASE WHEN how = 'backfill' THEN 1000000 ELSE 100000 END) THEN
-        IF how = 'backfill' AND n = 0 THEN
-            RETURN;
-        END IF;
+    IF n IS NULL OR n NOT BETWEEN 1 AND 100000 THEN
         PERFORM idmint._error('invalid_argument', format('n %s is out of range', coalesce(n::text, 'NULL')),
                               'n must be between 1 and 100000');
     ELSIF p IS NULL OR p NOT BETWEEN 1 AND 9 THEN
@@ -1197,6 +1383,34 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(entity), 1, 'gen') AS x $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
     'One new random number of a type given by name or one-digit text, e.g. DEFAULT idmint.gen_entity_number(''part'')';
+
+-- Give back numbers this transaction issued (a trigger''s row that was never stored):
+-- afterwards the type is as if they had never been issued.
+CREATE FUNCTION idmint._unissue_entity_numbers(numbers integer[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p integer;
+    k integer;
+BEGIN
+    FOR p, k IN
+        WITH gone AS (
+            DELETE FROM idmint.entity_numbers e WHERE e.number = ANY (numbers) RETURNING e.number
+        )
+        SELECT g.number / 1000000, count(*) FROM gone g GROUP BY 1 ORDER BY 1
+    LOOP
+        UPDATE idmint.entity_ranges r SET issued = r.issued - k WHERE r.prefix = p;
+        -- A type dealing from its deck gets the numbers back at its end.
+        INSERT INTO idmint.entity_free (prefix, pos, number)
+        SELECT p, (SELECT coalesce(max(z.pos), 0) FROM idmint.entity_free z WHERE z.prefix = p) + row_number() OVER (ORDER BY gen_random_uuid()), x
+        FROM unnest(numbers) AS x
+        WHERE x / 1000000 = p AND (SELECT r.deck_next FROM idmint.entity_ranges r WHERE r.prefix = p) IS NOT NULL;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION idmint._unissue_entity_numbers(integer[]) IS
+    'Un-issue numbers of this transaction whose rows were never stored: free again, counters as before';
 
 -- Register one given number (claim_entity_number, and the trigger for a value idmint
 -- never issued). `wanted` NULL: any registered type.
@@ -1356,82 +1570,167 @@ COMMENT ON FUNCTION idmint.add_entity_type(integer, text) IS
 
 -- ==== sql/55_entity_trigger.sql ====
 -- Entity numbers in an application's own tables: the trigger function and the backfill.
---   CREATE TRIGGER ... BEFORE INSERT OR UPDATE ON app.parts FOR EACH ROW
+--   CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON app.parts FOR EACH ROW
 --   EXECUTE FUNCTION idmint.assign_entity_number('part_number', 'part');
--- The trigger reads and writes the row through jsonb (no dynamic SQL on the app table).
--- A number is "bound" once an app row carries it (entity_numbers.bound_at).
+-- As for driver ids (sql/45): the trigger function and the backfill run with the caller's
+-- rights and hand plain values to bind_entity_numbers / unbind_entity_number; a number is
+-- "bound" once an app row carries it (entity_numbers.bound_at), settled at commit (sql/57).
 
--- Bind a given number to the row being written: an issued, unbound number is bound; a
--- number idmint never issued is claimed and bound; a bound one is ID004.
-CREATE FUNCTION idmint._bind_entity_number(number text, wanted integer) RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF number ~ '^[1-9][0-9]{6}$' AND substr(number, 1, 1)::integer = wanted THEN
-        UPDATE idmint.entity_numbers e SET bound_at = now()
-        WHERE e.number = _bind_entity_number.number::integer AND e.bound_at IS NULL;
-        IF FOUND THEN
-            RETURN number;
-        ELSIF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = _bind_entity_number.number::integer) THEN
-            PERFORM idmint._error('already_taken', format('entity number %s is already used by another row', number),
-                                  'leave the column NULL (or DEFAULT) to get a new number');
-        END IF;
-    END IF;
-    -- Never issued (or malformed / of another type: the claim raises ID003/ID008).
-    RETURN idmint._claim_entity_number(number, wanted, 'bind', true);
-END
-$$;
-COMMENT ON FUNCTION idmint._bind_entity_number(text, integer) IS
-    'Bind an issued unbound number, or claim and bind a never-issued one; ID004 if already bound';
-
-CREATE FUNCTION idmint.assign_entity_number() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION idmint.bind_entity_numbers(tbl regclass, col text, entity text, numbers text[],
+                                           how text DEFAULT 'bind')
+RETURNS text[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    col text;
-    wanted integer;
+    p integer;
+    wanted integer[];
+    fresh text[];
+    bound integer[];
+    bad text;
+    i integer;
+    result text[] := numbers;
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR col = '' OR numbers IS NULL THEN
+        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): tbl, col and numbers must not be NULL');
+    ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
+        PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
+    END IF;
+    p := idmint._entity_prefix(entity);
+
+    -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
+    IF array_position(numbers, NULL) IS NOT NULL THEN
+        fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, cardinality(numbers) - cardinality(array_remove(numbers, NULL)),
+                                                                 how, true) AS x);
+        i := 0;
+        FOR k IN 1 .. cardinality(numbers) LOOP
+            IF numbers[k] IS NULL THEN
+                i := i + 1;
+                result[k] := fresh[i];
+            END IF;
+        END LOOP;
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
+        SELECT 'entity', x::integer, tbl, col, x, 'new', false, how = 'backfill' FROM unnest(fresh) AS x;
+    END IF;
+
+    -- Given values: of this type (else the claim below raises ID003/ID008), issued and
+    -- unbound -> bound; never issued -> claimed and bound; bound already -> ID004.
+    SELECT array_agg(DISTINCT x::integer) INTO wanted FROM unnest(numbers) AS x
+    WHERE CASE WHEN x ~ '^[1-9][0-9]{6}$' THEN substr(x, 1, 1)::integer = p END;
+    IF wanted IS NOT NULL THEN
+        SELECT x INTO bad FROM unnest(numbers) AS x WHERE x IS NOT NULL GROUP BY x HAVING count(*) > 1 LIMIT 1;
+        IF bad IS NOT NULL THEN
+            PERFORM idmint._error('already_taken', format('entity number %s is used by two rows', bad),
+                                  'leave the column NULL (or DEFAULT) to get a new number');
+        END IF;
+        -- The backfill's own numbers, written into their one row (bound already).
+        WITH handed AS (
+            UPDATE idmint.pending_bindings x SET awaiting_row = false
+            WHERE x.xid = pg_current_xact_id() AND x.kind = 'entity' AND x.number = ANY (wanted)
+              AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
+            RETURNING x.number
+        ), newly AS (
+            UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
+            WHERE e.number = ANY (wanted) AND e.bound_at IS NULL
+            RETURNING e.number
+        ), b AS (
+            SELECT n.number FROM newly n UNION ALL SELECT h.number FROM handed h
+        ), pend AS (
+            INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
+            SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
+            ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
+        )
+        SELECT array_agg(b.number) INTO bound FROM b;
+        SELECT e.number::text INTO bad FROM idmint.entity_numbers e
+        WHERE e.number = ANY (wanted) AND e.number <> ALL (coalesce(bound, '{}')) LIMIT 1;
+        IF bad IS NOT NULL THEN
+            PERFORM idmint._error('already_taken', format('entity number %s is already used by another row', bad),
+                                  'leave the column NULL (or DEFAULT) to get a new number');
+        END IF;
+    END IF;
+    FOR bad IN
+        SELECT x FROM unnest(numbers) AS x
+        WHERE x IS NOT NULL
+          AND NOT coalesce(CASE WHEN x ~ '^[1-9][0-9]{6}$' THEN x::integer = ANY (bound) END, false)
+    LOOP
+        -- Never issued (or malformed / of another type: the claim raises ID003/ID008).
+        PERFORM idmint._claim_entity_number(bad, p, 'bind', true);
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
+        VALUES ('entity', bad::integer, tbl, col, bad, 'claimed', false);
+    END LOOP;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION idmint.bind_entity_numbers(regclass, text, text, text[], text) IS
+    'For idmint.assign_entity_number() and the backfill: bind numbers to rows of tbl (NULL: a new one; never issued: claimed) until commit shows whether the rows were stored. ID003/ID004/ID005/ID008';
+
+CREATE FUNCTION idmint.unbind_entity_number(tbl regclass, col text, number text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
+        RETURN;  -- a value idmint never issued carries nothing to unbind
+    END IF;
+    UPDATE idmint.entity_numbers e SET bound_at = NULL
+    WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL;
+    IF FOUND THEN
+        PERFORM idmint._pend_binding('entity', NULL, number::integer, tbl, col, number, 'bound');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint.unbind_entity_number(regclass, text, text) IS
+    'For idmint.assign_entity_number(): a row of tbl carrying this number is being deleted; it stays issued and a later row may carry it';
+
+CREATE FUNCTION idmint.assign_entity_number() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col constant text := TG_ARGV[0];
+    tbl constant regclass := idmint._binding_table(TG_RELID);
     new_row jsonb;
+    old_number text;
     new_number text;
 BEGIN
-    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
-        PERFORM idmint._error('invalid_argument',
-            'assign_entity_number() must be a BEFORE INSERT OR UPDATE row trigger');
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_number := to_jsonb(OLD) ->> col;
     END IF;
-    new_row := to_jsonb(NEW);
-    PERFORM idmint._trigger_columns('assign_entity_number', new_row, TG_ARGV[0:0], TG_NARGS);
-    col := TG_ARGV[0];
-    wanted := idmint._entity_prefix(TG_ARGV[1]);
-    new_number := new_row ->> col;
+    IF TG_OP = 'DELETE' THEN
+        PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, to_jsonb(OLD), TG_ARGV[0:0], TG_NARGS);
+        PERFORM idmint.unbind_entity_number(tbl, col, old_number);
+        RETURN OLD;
+    END IF;
 
-    IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM to_jsonb(OLD) ->> col THEN
+    new_row := to_jsonb(NEW);
+    PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, new_row, TG_ARGV[0:0], TG_NARGS);
+    new_number := new_row ->> col;
+    IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
-    IF new_number IS NULL THEN
-        SELECT x INTO new_number FROM idmint._issue_entity_numbers(wanted, 1, 'bind', true) AS x;
-    ELSE
-        new_number := idmint._bind_entity_number(new_number, wanted);
+    -- On UPDATE the old number stays issued, and bound, for ever.
+    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
+    IF new_number IS DISTINCT FROM new_row ->> col THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
     END IF;
-    RETURN jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
+    RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION idmint.assign_entity_number() IS
-    'BEFORE INSERT OR UPDATE row trigger (column, entity): NULL gets a new number; a never-issued value is claimed; an issued unbound one is bound. ID004 bound already, ID003 malformed/other type';
+    'BEFORE INSERT OR UPDATE OR DELETE row trigger (column, entity), with the caller''s rights: NULL gets a new number; a never-issued value is claimed; an issued unbound one is bound; DELETE unbinds. ID004 bound already, ID003 malformed/other type';
 
--- What the backfill may touch: the table's schema and name (to be quoted with %I) and
--- whether the column is numeric. ID003 when the table or column is not usable.
-CREATE FUNCTION idmint._backfill_target(tbl regclass, col text, prefix integer,
-                                        OUT schema_name text, OUT table_name text, OUT numeric_column boolean)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+-- What the backfill may touch: the table's schema and name (to be quoted with %I).
+-- ID003 when the table or column is not usable; reads the catalog only.
+CREATE FUNCTION idmint._backfill_target(tbl regclass, col text, OUT schema_name text, OUT table_name text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER  -- reads the catalog only; raises as the owner
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     kind "char";
-    type_name name;
+    base_type name;
     typmod integer;
 BEGIN
-    PERFORM idmint._entity_prefix(prefix);
     IF tbl IS NULL OR col IS NULL THEN
         PERFORM idmint._error('invalid_argument', 'backfill_entity_numbers(): tbl and col must not be NULL');
     END IF;
@@ -1441,101 +1740,247 @@ BEGIN
     IF NOT FOUND OR kind NOT IN ('r', 'p') THEN
         PERFORM idmint._error('invalid_argument', format('backfill_entity_numbers(): %s is not a table', tbl));
     END IF;
-    SELECT t.typname, a.atttypmod INTO type_name, typmod
-    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    -- A domain counts as its base type (its own checks run as the caller in the UPDATE).
+    SELECT bt.typname, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END
+    INTO base_type, typmod
+    FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
     IF NOT FOUND THEN
         PERFORM idmint._error('invalid_argument',
             format('backfill_entity_numbers(): table %s has no column %s', tbl, quote_literal(left(col, 100))),
             'pass the column name exactly as it is spelled (case-sensitive, unquoted)');
-    ELSIF type_name IN ('text', 'varchar', 'bpchar') AND (typmod < 0 OR typmod - 4 >= 7) THEN
-        numeric_column := false;
-    ELSIF type_name IN ('int4', 'int8', 'numeric') THEN
-        numeric_column := true;
-    ELSE
+    END IF;
+    -- text, varchar(n >= 7), char(7), integer, bigint, numeric(p >= 7, 0) (typmods as stored:
+    -- character types n + 4, numeric ((p << 16) | s) + 4; -1 when unconstrained).
+    IF NOT (base_type IN ('text', 'int4', 'int8')
+            OR (base_type = 'varchar' AND (typmod < 0 OR typmod - 4 >= 7))
+            OR (base_type = 'bpchar' AND typmod - 4 = 7)
+            OR (base_type = 'numeric' AND (typmod < 0 OR ((typmod - 4) >> 16 >= 7 AND (typmod - 4) & 65535 = 0)))) THEN
         PERFORM idmint._error('invalid_argument',
             format('backfill_entity_numbers(): column %I of %s (%s) cannot hold a 7-digit number',
-                   col, tbl, format_type((SELECT a.atttypid FROM pg_catalog.pg_attribute a
-                                          WHERE a.attrelid = tbl AND a.attname = col), typmod)),
-            'use a text, varchar(7+), char(7), integer, bigint or numeric column');
+                   col, tbl, (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
+                              WHERE a.attrelid = tbl AND a.attname = col)),
+            'use a text, varchar(7+), char(7), integer, bigint or numeric(7+, 0) column');
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._backfill_target(regclass, text, integer) IS
-    'Validate backfill arguments; the quoted-later schema and table name and whether the column is numeric';
-
--- n numbers for the backfill (no 100000 cap: one call fills the whole table).
-CREATE FUNCTION idmint._backfill_numbers(prefix integer, n bigint) RETURNS SETOF text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF n > 1000000 THEN
-        PERFORM idmint._error('entity_range_exhausted',
-            format('%s numbers requested, more than a type holds', n), 'a type holds 1 000 000 numbers');
-    END IF;
-    RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(prefix), n::integer, 'backfill') AS x;
-END
-$$;
-COMMENT ON FUNCTION idmint._backfill_numbers(integer, bigint) IS
-    'Issue n numbers for backfill_entity_numbers (0 gives none); ID005 if fewer are free';
+COMMENT ON FUNCTION idmint._backfill_target(regclass, text) IS
+    'Validate backfill arguments; the schema and table name to quote';
 
 -- SECURITY INVOKER: the UPDATE runs with the caller's rights on the app table, so a
--- role cannot fill a table it may not update. Numbers come from the definer helpers.
-CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity integer) RETURNS bigint
+-- role cannot fill a table it may not update.
+CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     target record;
+    todo bigint;
+    numbers bigint[] := '{}';
     filled bigint;
 BEGIN
-    target := idmint._backfill_target(tbl, col, entity);
-    IF target.numeric_column THEN
-        EXECUTE format($q$
-            WITH targets AS (
-                SELECT t.tableoid AS rel, t.ctid AS tid, row_number() OVER () AS rn
-                FROM %1$I.%2$I t WHERE t.%3$I IS NULL
-            ), numbers AS (
-                SELECT x.number, row_number() OVER () AS rn
-                FROM idmint._backfill_numbers($1, (SELECT count(*) FROM targets)) AS x(number)
-            )
-            UPDATE %1$I.%2$I t SET %3$I = numbers.number::bigint
-            FROM targets JOIN numbers USING (rn)
+    PERFORM idmint._entity_prefix(entity);
+    target := idmint._backfill_target(tbl, col);
+    EXECUTE format('SELECT count(*) FROM %I.%I t WHERE t.%I IS NULL', target.schema_name, target.table_name, col)
+        INTO todo;
+    -- At most 100 000 numbers a call, issued bound to the rows the UPDATE writes (a trigger
+    -- on the column accepts them once; either way they are settled at commit).
+    WHILE cardinality(numbers) < todo LOOP
+        numbers := numbers || idmint.bind_entity_numbers(
+            idmint._binding_table(tbl), col, entity, array_fill(NULL::text, ARRAY[least(todo - cardinality(numbers), 100000)::integer]),
+            'backfill')::bigint[];
+    END LOOP;
+    -- A bigint is assigned to any of the accepted column types (to text by I/O conversion).
+    EXECUTE format($q$
+        WITH targets AS (
+            SELECT t.tableoid AS rel, t.ctid AS tid, row_number() OVER () AS rn
+            FROM %1$I.%2$I t WHERE t.%3$I IS NULL
+        ), updated AS (
+            UPDATE %1$I.%2$I t SET %3$I = n.number
+            FROM targets JOIN unnest($1) WITH ORDINALITY AS n(number, rn) USING (rn)
             WHERE t.tableoid = targets.rel AND t.ctid = targets.tid AND t.%3$I IS NULL
-            $q$, target.schema_name, target.table_name, col) USING entity;
-    ELSE
-        EXECUTE format($q$
-            WITH targets AS (
-                SELECT t.tableoid AS rel, t.ctid AS tid, row_number() OVER () AS rn
-                FROM %1$I.%2$I t WHERE t.%3$I IS NULL
-            ), numbers AS (
-                SELECT x.number, row_number() OVER () AS rn
-                FROM idmint._backfill_numbers($1, (SELECT count(*) FROM targets)) AS x(number)
-            )
-            UPDATE %1$I.%2$I t SET %3$I = numbers.number
-            FROM targets JOIN numbers USING (rn)
-            WHERE t.tableoid = targets.rel AND t.ctid = targets.tid AND t.%3$I IS NULL
-            $q$, target.schema_name, target.table_name, col) USING entity;
-    END IF;
-    GET DIAGNOSTICS filled = ROW_COUNT;
+            RETURNING 1
+        )
+        SELECT count(*) FROM updated
+        $q$, target.schema_name, target.table_name, col)
+        INTO filled USING numbers;
     RETURN filled;
 END
 $$;
-COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, integer) IS
-    'Fill every NULL in tbl.col with new numbers of the type in one UPDATE (with the caller''s rights); returns how many. ID003 bad table/column, ID005 too few free';
+COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, text) IS
+    'Fill every NULL in tbl.col with new numbers of the type, bound to their rows, in one UPDATE (with the caller''s rights); returns how many. ID003 bad table/column/type, ID005 too few free';
 
-CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity text) RETURNS bigint
+CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity integer) RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT idmint.backfill_entity_numbers(tbl, col, idmint._entity_prefix(entity)) $$;
-COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, text) IS
-    'backfill_entity_numbers for a type given by name or one-digit text';
+AS $$ SELECT idmint.backfill_entity_numbers(tbl, col, idmint._entity_prefix(entity)::text) $$;
+COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, integer) IS
+    'backfill_entity_numbers for a type given by its prefix';
 
--- The invoker-rights backfill calls these helpers as the application's role.
-GRANT EXECUTE ON FUNCTION idmint._entity_prefix(text), idmint._entity_prefix(integer),
-    idmint._backfill_target(regclass, text, integer), idmint._backfill_numbers(integer, bigint)
-    TO idmint_user;
+-- ==== sql/57_bindings.sql ====
+-- Settling the triggers' provisional bindings at commit (see sql/14_binding_tables.sql).
+--
+-- A deferred constraint trigger on idmint.pending_bindings fires when the transaction
+-- commits. Its function runs with the committing role's rights (SECURITY INVOKER): it
+-- looks in the app's tables for the rows that carry each pending number (the app's own
+-- operators, domains and policies run as the app), then hands the answer, as plain
+-- numbers, to settle_bindings, which keeps what was stored and undoes the rest:
+--   stored                 -> bound
+--   deleted in this tx     -> unbound (the number stays issued for ever)
+--   never stored           -> back to its origin: an issued number is given back, a
+--                             confirmed reservation is a reservation again, a bind undone.
+-- When the rows cannot be looked at (no SELECT right, row-level security, table dropped)
+-- the bindings are kept as if stored: a number may then stay used, never be reissued.
+
+-- The calling transaction's pending bindings (read-only, for the invoker-rights settler).
+CREATE FUNCTION idmint._pending_bindings()
+RETURNS TABLE (pending_id bigint, tbl oid, col text, value text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.pending_id, p.tbl, p.col, p.value FROM idmint.pending_bindings p
+    WHERE p.xid = pg_current_xact_id_if_assigned()
+$$;
+COMMENT ON FUNCTION idmint._pending_bindings() IS
+    'The pending trigger bindings of the calling transaction';
+
+-- Which of these values a row of tbl.col carries, looked up with the caller's rights.
+CREATE FUNCTION idmint._rows_exist(tbl oid, col text, ids bigint[], vals text[]) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    schema_name name;
+    table_name name;
+    hidden boolean;
+    hits bigint[];
+BEGIN
+    SELECT n.nspname, c.relname, c.relrowsecurity INTO schema_name, table_name, hidden
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = tbl;
+    IF NOT FOUND OR hidden THEN
+        RETURN ids;
+    END IF;
+    -- The value is cast to the column's own type through the row type, so the column's
+    -- index (and its own equality) is used.
+    EXECUTE format($q$
+        SELECT coalesce(array_agg(p.id), '{}')
+        FROM unnest($1, $2) AS p(id, v)
+        WHERE EXISTS (SELECT FROM %1$I.%2$I t
+                      WHERE t.%3$I = (jsonb_populate_record(NULL::%1$I.%2$I, jsonb_build_object($3, p.v))).%3$I)
+        $q$, schema_name, table_name, col)
+        INTO hits USING ids, vals, col;
+    RETURN hits;
+EXCEPTION WHEN insufficient_privilege OR undefined_table OR undefined_column OR data_exception THEN
+    RETURN ids;
+END
+$$;
+COMMENT ON FUNCTION idmint._rows_exist(oid, text, bigint[], text[]) IS
+    'The ids whose value a row of tbl.col carries (all of them when the rows cannot be read)';
+
+CREATE FUNCTION idmint.settle_bindings(checked bigint[], stored bigint[]) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p idmint.pending_bindings;
+    settled integer := 0;
+BEGIN
+    IF pg_trigger_depth() < 1 THEN
+        PERFORM idmint._error('invalid_argument',
+            'settle_bindings() is called by idmint''s commit-time trigger only');
+    END IF;
+    -- Fleets in a fixed order (they are already locked by this transaction's bindings).
+    FOR p IN
+        DELETE FROM idmint.pending_bindings x
+        WHERE x.xid = pg_current_xact_id_if_assigned() AND x.pending_id = ANY (checked)
+        RETURNING x.*
+    LOOP
+        settled := settled + 1;
+        IF p.pending_id = ANY (stored) THEN
+            IF p.kind = 'driver' THEN
+                UPDATE idmint.driver_numbers d SET bound = true
+                WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.state = 'assigned' AND NOT d.bound;
+            ELSE
+                UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
+                WHERE e.number = p.number AND e.bound_at IS NULL;
+            END IF;
+        ELSIF p.stored OR p.origin IN ('unbound', 'bound') THEN
+            IF p.kind = 'driver' THEN
+                UPDATE idmint.driver_numbers d SET bound = false
+                WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.bound;
+            ELSE
+                UPDATE idmint.entity_numbers e SET bound_at = NULL WHERE e.number = p.number;
+            END IF;
+        ELSIF p.kind = 'entity' THEN
+            PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
+        ELSIF p.origin = 'new' THEN
+            -- Given back: reissued lowest first, as if the row had never been proposed.
+            UPDATE idmint.driver_numbers d
+            SET state = 'free', assigned_at = NULL, request_key = NULL, reserved_by = NULL,
+                holder_named = false, bound = false
+            WHERE d.fleet_id = p.fleet_id AND d.number = p.number;
+            UPDATE idmint.fleets f SET assigned = f.assigned - 1, unassigned = f.unassigned + 1
+            WHERE f.fleet_id = p.fleet_id;
+        ELSE  -- reserved: the reservation is back as it was
+            UPDATE idmint.driver_numbers d
+            SET state = 'reserved', assigned_at = NULL, bound = false,
+                reserved_at = (p.prior ->> 'reserved_at')::timestamptz,
+                expires_at = (p.prior ->> 'expires_at')::timestamptz,
+                how = p.prior ->> 'how', issued_by = p.prior ->> 'issued_by',
+                application_name = p.prior ->> 'application_name'
+            WHERE d.fleet_id = p.fleet_id AND d.number = p.number;
+            UPDATE idmint.fleets f SET assigned = f.assigned - 1, unassigned = f.unassigned + 1
+            WHERE f.fleet_id = p.fleet_id;
+            INSERT INTO idmint.driver_id_events (fleet_id, number, event, detail)
+            VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
+        END IF;
+    END LOOP;
+    RETURN settled;
+END
+$$;
+COMMENT ON FUNCTION idmint.settle_bindings(bigint[], bigint[]) IS
+    'Called at commit by idmint''s own deferred trigger: of this transaction''s pending bindings `checked`, keep those whose rows are `stored` and undo the others';
+
+-- The deferred constraint trigger's function. Fired at commit with the committing role's
+-- rights; the first firing settles the whole transaction, the others find nothing left.
+CREATE FUNCTION idmint._settle_bindings() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    g record;
+    checked bigint[] := '{}';
+    stored bigint[] := '{}';
+BEGIN
+    -- Fired inside a statement (SET CONSTRAINTS ... IMMEDIATE) rather than at commit or
+    -- at a top-level SET CONSTRAINTS: the row may not be stored yet, so keep the binding.
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
+    FOR g IN
+        SELECT p.tbl, p.col, array_agg(p.pending_id) AS ids, array_agg(p.value) AS vals
+        FROM idmint._pending_bindings() p
+        GROUP BY p.tbl, p.col
+    LOOP
+        checked := checked || g.ids;
+        stored := stored || idmint._rows_exist(g.tbl, g.col, g.ids, g.vals);
+    END LOOP;
+    IF cardinality(checked) > 0 THEN
+        PERFORM idmint.settle_bindings(checked, stored);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION idmint._settle_bindings() IS
+    'Deferred trigger: at commit, settle this transaction''s pending bindings against the stored rows';
+
+CREATE CONSTRAINT TRIGGER settle_at_commit
+AFTER INSERT ON idmint.pending_bindings
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW EXECUTE FUNCTION idmint._settle_bindings();
 
 -- ==== sql/60_capacity.sql ====
 -- Capacity: how full each fleet is, a report with projected exhaustion dates for
@@ -1562,7 +2007,9 @@ SELECT f.fleet_id,
        f.max_drivers,
        f.assigned,
        r.reserved,
-       f.max_drivers - f.assigned - r.reserved AS free,
+       -- What calls could still get: the numbers above the counter plus the freed and
+       -- expired ones below it (a forward reset skips numbers for ever, so it lowers this).
+       f.max_drivers - f.last_number + f.unassigned - r.reserved AS free,
        (f.assigned + r.reserved)::float8 / f.max_drivers AS utilization
 FROM idmint.fleets f
 CROSS JOIN LATERAL (
@@ -1573,10 +2020,10 @@ CROSS JOIN LATERAL (
     WHERE f.unassigned > 0
       AND d.fleet_id = f.fleet_id
       AND d.state <> 'assigned' AND d.state = 'reserved'
-      AND d.expires_at > now()
+      AND d.expires_at > clock_timestamp()
 ) r;
 COMMENT ON VIEW idmint.fleet_capacity IS
-    'Per fleet: assigned ids, active reservations, free numbers (expired reservations count as free) and utilization 0..1';
+    'Per fleet: assigned ids, active reservations, free numbers (what calls could still get; expired reservations count as free) and utilization 0..1';
 
 CREATE FUNCTION idmint.capacity_report("window" interval DEFAULT '7 days')
 RETURNS TABLE (scope text, key text, name text, capacity bigint, used bigint, reserved bigint, free bigint,
@@ -1865,6 +2312,19 @@ GRANT SELECT ON idmint.driver_id_ledger TO idmint_user;
 GRANT SELECT ON idmint.fleet_capacity, idmint.driver_id_audit TO idmint_user;
 GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 
--- The public views format ids with this pure helper; PostgreSQL checks EXECUTE on
--- functions in a view against the reader, so readers need it.
-GRANT EXECUTE ON FUNCTION idmint._format_driver_id(integer, text) TO idmint_user;
+-- Read-only internal helpers that code running with the caller's rights needs: the
+-- public views format ids with _format_driver_id (EXECUTE on functions in a view is checked
+-- against the reader); the invoker-rights triggers, backfill and commit-time settler
+-- resolve and check their arguments and look up their own pending
+-- bindings with the others. None of them writes; every writing helper stays the owner's.
+GRANT EXECUTE ON FUNCTION
+    idmint._format_driver_id(integer, text),
+    idmint._fleet_id(text),
+    idmint._entity_prefix(text), idmint._entity_prefix(integer),
+    idmint._trigger_columns(text, text, text, jsonb, text[], integer),
+    idmint._driver_id_unchanged(text, text, text, text),
+    idmint._binding_table(oid),
+    idmint._pending_bindings(),
+    idmint._rows_exist(oid, text, bigint[], text[]),
+    idmint._backfill_target(regclass, text)
+    TO idmint_user;

@@ -27,6 +27,9 @@ CREATE TABLE idmint.driver_numbers (
     state            text        NOT NULL CHECK (state IN ('reserved', 'assigned', 'free')),
     request_key      text,
     reserved_by      text,
+    -- The reservation named its holder (reserved_by given): only that holder may confirm
+    -- or release it, and only that holder gets it back from a repeated confirm.
+    holder_named     boolean     NOT NULL DEFAULT false,
     reserved_at      timestamptz,
     expires_at       timestamptz,
     assigned_at      timestamptz,

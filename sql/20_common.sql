@@ -17,7 +17,7 @@ COMMENT ON FUNCTION idmint._durable() IS
 
 -- Resolve a fleet given as code (any case) or uuid text.
 CREATE FUNCTION idmint._fleet_id(fleet text) RETURNS uuid
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER  -- read-only; the invoker-rights trigger resolves fleets with it
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

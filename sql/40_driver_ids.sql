@@ -34,31 +34,39 @@ COMMENT ON FUNCTION idmint.parse_driver_id(text) IS
     'Split DRV-XXXYYY into its number and upper-case fleet code; ID003 if malformed (the fleet need not exist)';
 
 -- The general allocator: n numbers, lowest freed or expired ones first, then new ones
--- from the counter. Reserves them (reserve_ttl given) or assigns them.
+-- from the counter. Reserves them (reserve_ttl given) or assigns them; `bind` marks them
+-- carried by an app row (the trigger). Expiry is judged by the clock at the call
+-- (clock_timestamp()), never by the transaction's start.
+--
+-- Under REPEATABLE READ the fleet row lock below raises 40001 when the fleet changed after
+-- the snapshot; every change that frees a number (release, a row's settled upsert, reset)
+-- updates the fleet row for this reason, so a stale snapshot can never skip a freed number.
 CREATE FUNCTION idmint._issue(fleet uuid, n integer, request_key text, how text,
-                              reserved_by text DEFAULT NULL, reserve_ttl interval DEFAULT NULL)
-RETURNS text[]
+                              reserved_by text DEFAULT NULL, reserve_ttl interval DEFAULT NULL,
+                              holder_named boolean DEFAULT false, bind boolean DEFAULT false)
+RETURNS TABLE (number integer, driver_id text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     f idmint.fleets;
     reserving constant boolean := reserve_ttl IS NOT NULL;
-    prior text;
+    at constant timestamptz := clock_timestamp();
+    prior integer;
     reuse integer[];
     n_reuse integer;
     n_new integer;
     active_reserved integer := 0;
-    issued text[];
 BEGIN
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
 
     IF _issue.request_key IS NOT NULL THEN
-        SELECT idmint._format_driver_id(d.number, f.code) INTO prior
+        SELECT d.number INTO prior
         FROM idmint.driver_numbers d
         WHERE d.fleet_id = f.fleet_id AND d.request_key = _issue.request_key;
         IF prior IS NOT NULL THEN
-            RETURN ARRAY[prior];
+            RETURN QUERY SELECT prior, idmint._format_driver_id(prior, f.code);
+            RETURN;
         END IF;
     END IF;
 
@@ -66,12 +74,13 @@ BEGIN
         SELECT array_agg(s.number ORDER BY s.number) INTO reuse
         FROM (SELECT d.number FROM idmint.driver_numbers d
               WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'
-                AND (d.state = 'free' OR d.expires_at <= now())
+                AND (d.state = 'free' OR d.expires_at <= at)
               ORDER BY d.number
               LIMIT n) s;
+        -- state <> 'assigned' repeats the partial index's predicate so that it is used.
         SELECT count(*) INTO active_reserved FROM idmint.driver_numbers d
         WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'
-          AND d.state = 'reserved' AND d.expires_at > now();
+          AND d.state = 'reserved' AND d.expires_at > at;
     END IF;
     n_reuse := coalesce(cardinality(reuse), 0);
     n_new := n - n_reuse;
@@ -80,7 +89,9 @@ BEGIN
         PERFORM idmint._error('fleet_capacity_exhausted',
             format('fleet %s has %s free number(s), %s requested', f.code,
                    n_reuse + f.max_drivers - f.last_number, n),
-            'release reservations or wait for them to expire; a fleet holds at most max_drivers ids',
+            CASE WHEN active_reserved > 0
+                 THEN 'release reservations or wait for them to expire; a fleet holds at most max_drivers ids'
+                 ELSE format('every number up to max_drivers (%s) is issued; max_drivers is at most 999', f.max_drivers) END,
             format('max_drivers %s, assigned %s, active reservations %s', f.max_drivers, f.assigned, active_reserved));
     END IF;
 
@@ -101,24 +112,26 @@ BEGIN
         SET state = CASE WHEN reserving THEN 'reserved' ELSE 'assigned' END,
             request_key = _issue.request_key,
             reserved_by = _issue.reserved_by,
-            reserved_at = CASE WHEN reserving THEN now() END,
-            expires_at = CASE WHEN reserving THEN now() + reserve_ttl END,
-            assigned_at = CASE WHEN reserving THEN NULL ELSE now() END,
+            holder_named = _issue.holder_named,
+            reserved_at = CASE WHEN reserving THEN at END,
+            expires_at = CASE WHEN reserving THEN at + reserve_ttl END,
+            assigned_at = CASE WHEN reserving THEN NULL ELSE at END,
             issued_by = session_user,
             application_name = current_setting('application_name'),
             how = _issue.how,
-            bound = false
+            bound = _issue.bind
         WHERE d.fleet_id = f.fleet_id AND d.number = ANY (reuse);
     END IF;
 
     IF n_new > 0 THEN
-        INSERT INTO idmint.driver_numbers (fleet_id, number, state, request_key, reserved_by, reserved_at,
-                                           expires_at, assigned_at, issued_by, application_name, how)
+        INSERT INTO idmint.driver_numbers (fleet_id, number, state, request_key, reserved_by, holder_named,
+                                           reserved_at, expires_at, assigned_at, issued_by, application_name,
+                                           how, bound)
         SELECT f.fleet_id, g, CASE WHEN reserving THEN 'reserved' ELSE 'assigned' END, _issue.request_key,
-               _issue.reserved_by, CASE WHEN reserving THEN now() END,
-               CASE WHEN reserving THEN now() + reserve_ttl END,
-               CASE WHEN reserving THEN NULL ELSE now() END,
-               session_user, current_setting('application_name'), _issue.how
+               _issue.reserved_by, _issue.holder_named, CASE WHEN reserving THEN at END,
+               CASE WHEN reserving THEN at + reserve_ttl END,
+               CASE WHEN reserving THEN NULL ELSE at END,
+               session_user, current_setting('application_name'), _issue.how, _issue.bind
         FROM generate_series(f.last_number + 1, f.last_number + n_new) AS g;
     END IF;
 
@@ -133,12 +146,13 @@ BEGIN
                                    f.assigned + active_reserved, f.assigned + active_reserved + n,
                                    '{0.8,0.9,1.0}');
 
-    SELECT array_agg(idmint._format_driver_id(x, f.code) ORDER BY x) INTO issued
-    FROM unnest(reuse || ARRAY(SELECT generate_series(f.last_number + 1, f.last_number + n_new))) AS x;
-    RETURN issued;
+    RETURN QUERY
+    SELECT x, idmint._format_driver_id(x, f.code)
+    FROM unnest(reuse || ARRAY(SELECT generate_series(f.last_number + 1, f.last_number + n_new))) AS x
+    ORDER BY x;
 END
 $$;
-COMMENT ON FUNCTION idmint._issue(uuid, integer, text, text, text, interval) IS
+COMMENT ON FUNCTION idmint._issue(uuid, integer, text, text, text, interval, boolean, boolean) IS
     'Allocate n numbers of a fleet under its lock: freed/expired lowest first, then the counter';
 
 CREATE FUNCTION idmint.next_driver_id(fleet uuid, request_key text DEFAULT NULL) RETURNS text
@@ -182,7 +196,7 @@ BEGIN
             RETURN issued;
         END IF;
     END IF;
-    RETURN (idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next'))[1];
+    RETURN (SELECT i.driver_id FROM idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next') i);
 END
 $$;
 COMMENT ON FUNCTION idmint.next_driver_id(uuid, text) IS
@@ -204,7 +218,7 @@ BEGIN
         PERFORM idmint._error('invalid_argument', format('n %s is out of range', coalesce(n::text, 'NULL')),
                               'n must be between 1 and 999 (a fleet holds at most 999 ids)');
     END IF;
-    RETURN QUERY SELECT unnest(idmint._issue(idmint._fleet_id(fleet), n, NULL, 'bulk'));
+    RETURN QUERY SELECT i.driver_id FROM idmint._issue(idmint._fleet_id(fleet), n, NULL, 'bulk') i;
 END
 $$;
 COMMENT ON FUNCTION idmint.next_driver_ids(uuid, integer) IS
@@ -228,9 +242,10 @@ BEGIN
         PERFORM idmint._error('invalid_argument', format('ttl %s is out of range', coalesce(ttl::text, 'NULL')),
                               'ttl must be positive and at most 1 day');
     END IF;
-    RETURN (idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
-                          coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
-                          ttl))[1];
+    RETURN (SELECT i.driver_id
+            FROM idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
+                               coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
+                               ttl, reserved_by IS NOT NULL) i);
 END
 $$;
 COMMENT ON FUNCTION idmint.reserve_driver_id(uuid, text, interval) IS
@@ -257,7 +272,17 @@ END
 $$;
 COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock its fleet row; fleet_id NULL if no such fleet';
 
-CREATE FUNCTION idmint.confirm_driver_id(driver_id text) RETURNS text
+-- The holder rule of confirm and release: a reservation that named its holder
+-- (holder_named) answers only to a call presenting the same reserved_by; one made without
+-- answers to any call. An expired reservation answers to nobody.
+CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT NOT d.holder_named OR d.reserved_by IS NOT DISTINCT FROM reserved_by $$;
+COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
+    'True when a call presenting reserved_by may act on this reservation (the holder rule)';
+
+CREATE FUNCTION idmint.confirm_driver_id(driver_id text, reserved_by text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -272,11 +297,11 @@ BEGIN
         SELECT * INTO d FROM idmint.driver_numbers x
         WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
     END IF;
-    IF d.state = 'assigned' THEN
+    IF d.state = 'assigned' AND idmint._holds(d, reserved_by) THEN
         RETURN normalized;
-    ELSIF d.state = 'reserved' AND d.expires_at > now() THEN
+    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() AND idmint._holds(d, reserved_by) THEN
         UPDATE idmint.driver_numbers x
-        SET state = 'assigned', assigned_at = now(), expires_at = NULL, how = 'confirm',
+        SET state = 'assigned', assigned_at = clock_timestamp(), expires_at = NULL, how = 'confirm',
             issued_by = session_user, application_name = current_setting('application_name')
         WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
         UPDATE idmint.fleets f SET assigned = f.assigned + 1, unassigned = f.unassigned - 1
@@ -287,18 +312,21 @@ BEGIN
         RETURN normalized;
     END IF;
     PERFORM idmint._error('reservation_not_active',
-        format('driver id %s is not actively reserved: %s', normalized,
-               CASE WHEN d.state = 'reserved' THEN 'its reservation expired at ' || d.expires_at
+        format('driver id %s is not actively reserved%s: %s', normalized,
+               CASE WHEN reserved_by IS NOT NULL THEN format(' by %L', reserved_by) ELSE '' END,
+               CASE WHEN d.state IN ('reserved', 'assigned') AND NOT idmint._holds(d, reserved_by)
+                        THEN 'another holder has it'
+                    WHEN d.state = 'reserved' THEN 'its reservation expired at ' || d.expires_at
                     WHEN d.state = 'free' THEN 'its reservation was released or expired'
                     ELSE 'it was never reserved' END),
         'reserve a new id with idmint.reserve_driver_id');
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION idmint.confirm_driver_id(text) IS
-    'Turn an active reservation into an assignment and return the normalised id; idempotent for assigned ids. ID006 expired, released or unknown';
+COMMENT ON FUNCTION idmint.confirm_driver_id(text, text) IS
+    'Turn an active reservation into an assignment and return the normalised id; idempotent for assigned ids. A reservation made with reserved_by answers only to the same reserved_by. ID006 expired, released, unknown or another holder''s';
 
-CREATE FUNCTION idmint.release_driver_id(driver_id text) RETURNS boolean
+CREATE FUNCTION idmint.release_driver_id(driver_id text, reserved_by text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -316,10 +344,14 @@ BEGIN
             format('driver id %s is assigned and cannot be released',
                    idmint._format_driver_id(d.number, target.code)),
             'assigned driver ids are permanent');
-    ELSIF d.state = 'reserved' AND d.expires_at > now() THEN
+    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() AND idmint._holds(d, reserved_by) THEN
         UPDATE idmint.driver_numbers x
-        SET state = 'free', request_key = NULL, reserved_by = NULL, reserved_at = NULL, expires_at = NULL
+        SET state = 'free', request_key = NULL, reserved_by = NULL, holder_named = false,
+            reserved_at = NULL, expires_at = NULL
         WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        -- A new version of the fleet row: a REPEATABLE READ allocator whose snapshot
+        -- predates this release gets 40001 instead of skipping the freed number.
+        UPDATE idmint.fleets f SET unassigned = f.unassigned WHERE f.fleet_id = d.fleet_id;
         INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by)
         VALUES (d.fleet_id, d.number, 'released', d.reserved_by);
         RETURN true;
@@ -327,24 +359,25 @@ BEGIN
     RETURN false;
 END
 $$;
-COMMENT ON FUNCTION idmint.release_driver_id(text) IS
-    'Give back an active reservation (true); false if the id is not actively reserved. ID007 for an assigned id, ID003 if malformed';
+COMMENT ON FUNCTION idmint.release_driver_id(text, text) IS
+    'Give back an active reservation (true); false if the id is not actively reserved or another holder''s. ID007 for an assigned id, ID003 if malformed';
 
 CREATE FUNCTION idmint.purge_expired_reservations() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    at constant timestamptz := clock_timestamp();
     locked uuid[];
     purged integer;
 BEGIN
-    -- Fleets in a fixed order, so concurrent purges and allocators cannot deadlock.
-    SELECT array_agg(f.fleet_id ORDER BY f.fleet_id) INTO locked
+    -- Never waits: a fleet another transaction holds is skipped (the next run gets it),
+    -- so the purge neither stalls behind an open transaction nor deadlocks with one.
+    SELECT array_agg(f.fleet_id) INTO locked
     FROM (SELECT f.fleet_id FROM idmint.fleets f
           WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
-                               WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= now())
-          ORDER BY f.fleet_id
-          FOR NO KEY UPDATE) f;
+                               WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= at)
+          FOR NO KEY UPDATE SKIP LOCKED) f;
     IF locked IS NULL THEN
         RETURN 0;
     END IF;
@@ -352,10 +385,11 @@ BEGIN
     -- count as unassigned, so the fleet counters do not change).
     WITH gone AS (
         UPDATE idmint.driver_numbers d
-        SET state = 'free', request_key = NULL, reserved_by = NULL, reserved_at = NULL, expires_at = NULL
+        SET state = 'free', request_key = NULL, reserved_by = NULL, holder_named = false,
+            reserved_at = NULL, expires_at = NULL
         FROM idmint.driver_numbers old
         WHERE d.fleet_id = ANY (locked) AND d.state <> 'assigned' AND d.state = 'reserved'
-          AND d.expires_at <= now()
+          AND d.expires_at <= at
           AND old.fleet_id = d.fleet_id AND old.number = d.number
         RETURNING d.fleet_id, d.number, old.reserved_by, old.expires_at
     )
@@ -366,7 +400,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION idmint.purge_expired_reservations() IS
-    'Delete expired reservations (their numbers stay reissuable) and return how many. Correctness never depends on it';
+    'Mark expired reservations free (their numbers stay reissuable) and return how many; skips fleets other transactions hold. Correctness never depends on it';
 
 CREATE FUNCTION idmint.reset_driver_sequence(fleet uuid, last_number integer DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -382,7 +416,7 @@ BEGIN
     FOR NO KEY UPDATE;
     SELECT coalesce(max(d.number), 0) INTO highest FROM idmint.driver_numbers d
     WHERE d.fleet_id = f.fleet_id
-      AND (d.state = 'assigned' OR (d.state = 'reserved' AND d.expires_at > now()));
+      AND (d.state = 'assigned' OR (d.state = 'reserved' AND d.expires_at > clock_timestamp()));
     target := coalesce(reset_driver_sequence.last_number, highest);
     IF target < 0 OR target > f.max_drivers THEN
         PERFORM idmint._error('invalid_argument', format('last_number %s is out of range for fleet %s', target, f.code),
@@ -426,7 +460,7 @@ SELECT idmint._format_driver_id(d.number, f.code) AS driver_id,
        f.code AS fleet_code,
        d.number,
        CASE WHEN d.state = 'assigned' THEN 'assigned'
-            WHEN d.expires_at > now() THEN 'reserved'
+            WHEN d.expires_at > clock_timestamp() THEN 'reserved'
             ELSE 'expired' END AS status,
        d.reserved_by,
        d.reserved_at,

@@ -1,17 +1,29 @@
 -- Trigger function for an application's own drivers table:
---   CREATE TRIGGER ... BEFORE INSERT OR UPDATE ON app.drivers FOR EACH ROW
+--   CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON app.drivers FOR EACH ROW
 --   EXECUTE FUNCTION idmint.assign_driver_id('fleet_column', 'driver_id_column');
--- The row is read and written through jsonb, so no dynamic SQL touches the app table.
+--
+-- Security: the trigger function runs with the caller's rights (SECURITY INVOKER). It reads
+-- and writes the row through jsonb, so the app's casts and domains run as the app's role,
+-- and it hands only plain values (text, regclass) to the privileged functions
+-- bind_driver_id and unbind_driver_id.
+--
+-- Binding follows the rows really stored: a BEFORE trigger fires before ON CONFLICT is
+-- decided, so every binding made here is provisional until commit, when
+-- idmint._settle_bindings (sql/57) looks for the rows and undoes what was never stored.
 
--- Shared by both trigger functions: check the trigger's arguments and columns.
-CREATE FUNCTION idmint._trigger_columns(fn text, row_json jsonb, args text[], nargs integer) RETURNS void
-LANGUAGE plpgsql
+-- Shared by both trigger functions: check how the trigger was declared and its two
+-- column arguments against the row (plain values; raises as the owner, reads nothing).
+CREATE FUNCTION idmint._trigger_columns(fn text, level text, timing text, row_json jsonb, args text[], nargs integer)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     col text;
 BEGIN
-    IF nargs <> 2 THEN
+    IF level IS DISTINCT FROM 'ROW' OR timing IS DISTINCT FROM 'BEFORE' THEN
+        PERFORM idmint._error('invalid_argument', format('%s() must be a BEFORE INSERT OR UPDATE OR DELETE row trigger', fn));
+    ELSIF nargs <> 2 THEN
         PERFORM idmint._error('invalid_argument', format('%s() takes 2 trigger arguments, got %s', fn, nargs));
     END IF;
     FOREACH col IN ARRAY args LOOP
@@ -21,77 +33,184 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION idmint._trigger_columns(text, jsonb, text[], integer) IS
-    'Validate a row trigger''s two column-name arguments against the row';
+COMMENT ON FUNCTION idmint._trigger_columns(text, text, text, jsonb, text[], integer) IS
+    'Validate a row trigger''s declaration and its two column-name arguments against the row';
+
+-- An UPDATE may not change a row's driver id, nor move it to another fleet.
+CREATE FUNCTION idmint._driver_id_unchanged(old_id text, new_id text, old_fleet text, new_fleet text)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF new_id IS DISTINCT FROM old_id
+       OR (old_fleet IS DISTINCT FROM new_fleet
+           AND idmint._fleet_id(old_fleet) IS DISTINCT FROM idmint._fleet_id(new_fleet)) THEN
+        PERFORM idmint._error('immutable_id', format('driver id %s cannot be changed', old_id),
+                              'a driver id stays with its row and fleet for ever');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._driver_id_unchanged(text, text, text, text) IS
+    'ID007 unless an updated row keeps its driver id and fleet';
+
+-- The table a binding is checked against at commit: the root of a partition tree, so a
+-- row that moves between partitions is still found.
+CREATE FUNCTION idmint._binding_table(rel oid) RETURNS regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(pg_partition_root(rel), rel::regclass) $$;
+COMMENT ON FUNCTION idmint._binding_table(oid) IS
+    'The table whose rows a trigger binding is checked against: the partition root, else the table itself';
+
+-- Record a provisional binding of the calling transaction (settled at its commit).
+CREATE FUNCTION idmint._pend_binding(kind text, fleet_id uuid, number integer, tbl regclass, col text,
+                                     value text, origin text, prior jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- A key touched again in the same transaction keeps its first origin (what to undo
+    -- to) and follows the row to its latest table.
+    INSERT INTO idmint.pending_bindings AS p (kind, fleet_id, number, tbl, col, value, origin, stored, prior)
+    VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
+    ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+    SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
+        stored = p.stored OR excluded.stored
+$$;
+COMMENT ON FUNCTION idmint._pend_binding(text, uuid, integer, regclass, text, text, text, jsonb) IS
+    'Record that this transaction bound (or, origin bound, unbound) a number to a row of tbl.col';
+
+CREATE FUNCTION idmint.bind_driver_id(tbl regclass, col text, fleet text, driver_id text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fleet_id uuid;
+    target record;
+    d idmint.driver_numbers;
+    issued record;
+    normalized text;
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR col = '' THEN
+        PERFORM idmint._error('invalid_argument', 'bind_driver_id(): tbl and col must not be NULL');
+    ELSIF fleet IS NULL THEN
+        PERFORM idmint._error('invalid_argument', format('assign_driver_id(): column %I is NULL', col),
+                              'every driver row needs its fleet');
+    END IF;
+    fleet_id := idmint._fleet_id(fleet);
+
+    IF driver_id IS NULL THEN
+        SELECT * INTO issued FROM idmint._issue(fleet_id, 1, NULL, 'next', bind => true);
+        PERFORM idmint._pend_binding('driver', fleet_id, issued.number, tbl, col, issued.driver_id, 'new');
+        RETURN issued.driver_id;
+    END IF;
+
+    target := idmint._lock_fleet_of(driver_id);
+    normalized := idmint._format_driver_id(target.number, target.code);
+    IF target.fleet_id IS DISTINCT FROM fleet_id THEN
+        PERFORM idmint._error('reservation_not_active',
+            format('driver id %s does not belong to fleet %s', normalized, fleet),
+            'use an id reserved or issued for this row''s fleet, or leave it NULL');
+    END IF;
+    SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
+    IF d.state = 'reserved' AND d.expires_at > clock_timestamp() THEN
+        -- Confirm it now (so no one else can take it); undone at commit if the row was not stored.
+        UPDATE idmint.driver_numbers x
+        SET state = 'assigned', assigned_at = clock_timestamp(), expires_at = NULL, how = 'confirm',
+            issued_by = session_user, application_name = current_setting('application_name'), bound = true
+        WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        UPDATE idmint.fleets f SET assigned = f.assigned + 1, unassigned = f.unassigned - 1
+        WHERE f.fleet_id = d.fleet_id;
+        INSERT INTO idmint.driver_id_events (fleet_id, number, event, reserved_by)
+        VALUES (d.fleet_id, d.number, 'confirmed', d.reserved_by);
+        PERFORM idmint._pend_binding('driver', d.fleet_id, d.number, tbl, col, normalized, 'reserved',
+                                     jsonb_build_object('reserved_at', d.reserved_at, 'expires_at', d.expires_at,
+                                                        'how', d.how, 'issued_by', d.issued_by,
+                                                        'application_name', d.application_name));
+    ELSIF d.state = 'assigned' AND d.bound THEN
+        PERFORM idmint._error('already_taken', format('driver id %s is already used by another row', normalized),
+                              'leave the id NULL to get the next one');
+    ELSIF d.state = 'assigned' THEN
+        UPDATE idmint.driver_numbers x SET bound = true WHERE x.fleet_id = d.fleet_id AND x.number = d.number;
+        PERFORM idmint._pend_binding('driver', d.fleet_id, d.number, tbl, col, normalized, 'unbound');
+    ELSE
+        PERFORM idmint._error('reservation_not_active',
+            format('driver id %s was not issued or reserved for this fleet, or its reservation is gone', normalized),
+            'leave the id NULL to get the next one');
+    END IF;
+    PERFORM idmint._durable();
+    RETURN normalized;
+END
+$$;
+COMMENT ON FUNCTION idmint.bind_driver_id(regclass, text, text, text) IS
+    'For idmint.assign_driver_id(): give a row of tbl its driver id (NULL: the fleet''s next; reserved: confirmed; issued and unbound: bound) until commit shows whether the row was stored. ID002/ID003/ID004/ID006';
+
+CREATE FUNCTION idmint.unbind_driver_id(tbl regclass, col text, driver_id text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target record;
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR NOT idmint.is_valid_driver_id(driver_id) THEN
+        RETURN;  -- a row whose value idmint never issued carries nothing to unbind
+    END IF;
+    target := idmint._lock_fleet_of(driver_id);
+    UPDATE idmint.driver_numbers x SET bound = false
+    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound;
+    IF FOUND THEN
+        PERFORM idmint._pend_binding('driver', target.fleet_id, target.number, tbl, col,
+                                     idmint._format_driver_id(target.number, target.code), 'bound');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint.unbind_driver_id(regclass, text, text) IS
+    'For idmint.assign_driver_id(): a row of tbl carrying this id is being deleted; the id stays assigned and a later row may carry it';
 
 CREATE FUNCTION idmint.assign_driver_id() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     fleet_col constant text := TG_ARGV[0];
     id_col constant text := TG_ARGV[1];
+    tbl constant regclass := idmint._binding_table(TG_RELID);
     new_row jsonb;
+    old_row jsonb;
     old_id text;
     new_id text;
-    fleet uuid;
-    target record;
-    d idmint.driver_numbers;
 BEGIN
-    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
-        PERFORM idmint._error('invalid_argument', 'assign_driver_id() must be a BEFORE INSERT OR UPDATE row trigger');
+    IF TG_OP = 'DELETE' THEN
+        old_row := to_jsonb(OLD);
+        PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, old_row, TG_ARGV, TG_NARGS);
+        IF old_row ->> id_col IS NOT NULL THEN
+            PERFORM idmint.unbind_driver_id(tbl, id_col, old_row ->> id_col);
+        END IF;
+        RETURN OLD;
     END IF;
+
     new_row := to_jsonb(NEW);
-    PERFORM idmint._trigger_columns('assign_driver_id', new_row, TG_ARGV, TG_NARGS);
+    PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, new_row, TG_ARGV, TG_NARGS);
     new_id := new_row ->> id_col;
 
     IF TG_OP = 'UPDATE' THEN
-        old_id := to_jsonb(OLD) ->> id_col;
+        old_row := to_jsonb(OLD);
+        old_id := old_row ->> id_col;
         IF old_id IS NOT NULL THEN
-            IF new_id IS DISTINCT FROM old_id
-               OR idmint._fleet_id(to_jsonb(OLD) ->> fleet_col) IS DISTINCT FROM
-                  idmint._fleet_id(new_row ->> fleet_col) THEN
-                PERFORM idmint._error('immutable_id', format('driver id %s cannot be changed', old_id),
-                                      'a driver id stays with its row and fleet for ever');
-            END IF;
+            PERFORM idmint._driver_id_unchanged(old_id, new_id, old_row ->> fleet_col, new_row ->> fleet_col);
             RETURN NEW;
         ELSIF new_id IS NULL THEN
             RETURN NEW;  -- an unrelated update of a row that never had an id
         END IF;
     END IF;
 
-    IF new_row ->> fleet_col IS NULL THEN
-        PERFORM idmint._error('invalid_argument', format('assign_driver_id(): column %I is NULL', fleet_col),
-                              'every driver row needs its fleet');
+    new_id := idmint.bind_driver_id(tbl, id_col, new_row ->> fleet_col, new_id);
+    IF new_id IS DISTINCT FROM new_row ->> id_col THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(id_col, new_id));
     END IF;
-    fleet := idmint._fleet_id(new_row ->> fleet_col);
-
-    IF new_id IS NULL THEN
-        new_id := idmint.next_driver_id(fleet);
-        target := idmint._lock_fleet_of(new_id);
-        UPDATE idmint.driver_numbers x SET bound = true WHERE x.fleet_id = fleet AND x.number = target.number;
-    ELSE
-        target := idmint._lock_fleet_of(new_id);
-        new_id := idmint._format_driver_id(target.number, target.code);
-        IF target.fleet_id IS DISTINCT FROM fleet THEN
-            PERFORM idmint._error('reservation_not_active',
-                format('driver id %s does not belong to fleet %s', new_id, new_row ->> fleet_col),
-                'use an id reserved or issued for this row''s fleet, or leave it NULL');
-        END IF;
-        SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = fleet AND x.number = target.number;
-        IF d.state = 'reserved' AND d.expires_at > now() THEN
-            PERFORM idmint.confirm_driver_id(new_id);
-        ELSIF d.state = 'assigned' AND d.bound THEN
-            PERFORM idmint._error('already_taken', format('driver id %s is already used by another row', new_id));
-        ELSIF d.state IS DISTINCT FROM 'assigned' THEN
-            PERFORM idmint._error('reservation_not_active',
-                format('driver id %s was not issued or reserved for this fleet, or its reservation is gone', new_id),
-                'leave the id NULL to get the next one');
-        END IF;
-        UPDATE idmint.driver_numbers x SET bound = true WHERE x.fleet_id = fleet AND x.number = target.number;
-    END IF;
-    RETURN jsonb_populate_record(NEW, jsonb_build_object(id_col, new_id));
+    RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION idmint.assign_driver_id() IS
-    'BEFORE INSERT OR UPDATE trigger (fleet column, id column): assigns, confirms or binds the row''s driver id. ID004 used, ID006 foreign/inactive, ID007 changed';
+    'BEFORE INSERT OR UPDATE OR DELETE row trigger (fleet column, id column), with the caller''s rights: assigns, confirms or binds the row''s driver id; DELETE unbinds it. ID004 used, ID006 foreign/inactive, ID007 changed';

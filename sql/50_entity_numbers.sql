@@ -137,10 +137,7 @@ DECLARE
     last_pos bigint;
 BEGIN
     -- n is checked first, so that a huge n fails at once.
-    IF n IS NULL OR n NOT BETWEEN 1 AND (CASE WHEN how = 'backfill' THEN 1000000 ELSE 100000 END) THEN
-        IF how = 'backfill' AND n = 0 THEN
-            RETURN;
-        END IF;
+    IF n IS NULL OR n NOT BETWEEN 1 AND 100000 THEN
         PERFORM idmint._error('invalid_argument', format('n %s is out of range', coalesce(n::text, 'NULL')),
                               'n must be between 1 and 100000');
     ELSIF p IS NULL OR p NOT BETWEEN 1 AND 9 THEN
@@ -273,6 +270,34 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(entity), 1, 'gen') AS x $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
     'One new random number of a type given by name or one-digit text, e.g. DEFAULT idmint.gen_entity_number(''part'')';
+
+-- Give back numbers this transaction issued (a trigger''s row that was never stored):
+-- afterwards the type is as if they had never been issued.
+CREATE FUNCTION idmint._unissue_entity_numbers(numbers integer[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p integer;
+    k integer;
+BEGIN
+    FOR p, k IN
+        WITH gone AS (
+            DELETE FROM idmint.entity_numbers e WHERE e.number = ANY (numbers) RETURNING e.number
+        )
+        SELECT g.number / 1000000, count(*) FROM gone g GROUP BY 1 ORDER BY 1
+    LOOP
+        UPDATE idmint.entity_ranges r SET issued = r.issued - k WHERE r.prefix = p;
+        -- A type dealing from its deck gets the numbers back at its end.
+        INSERT INTO idmint.entity_free (prefix, pos, number)
+        SELECT p, (SELECT coalesce(max(z.pos), 0) FROM idmint.entity_free z WHERE z.prefix = p) + row_number() OVER (ORDER BY gen_random_uuid()), x
+        FROM unnest(numbers) AS x
+        WHERE x / 1000000 = p AND (SELECT r.deck_next FROM idmint.entity_ranges r WHERE r.prefix = p) IS NOT NULL;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION idmint._unissue_entity_numbers(integer[]) IS
+    'Un-issue numbers of this transaction whose rows were never stored: free again, counters as before';
 
 -- Register one given number (claim_entity_number, and the trigger for a value idmint
 -- never issued). `wanted` NULL: any registered type.

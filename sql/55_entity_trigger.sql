@@ -1,80 +1,165 @@
 -- Entity numbers in an application's own tables: the trigger function and the backfill.
---   CREATE TRIGGER ... BEFORE INSERT OR UPDATE ON app.parts FOR EACH ROW
+--   CREATE TRIGGER ... BEFORE INSERT OR UPDATE OR DELETE ON app.parts FOR EACH ROW
 --   EXECUTE FUNCTION idmint.assign_entity_number('part_number', 'part');
--- The trigger reads and writes the row through jsonb (no dynamic SQL on the app table).
--- A number is "bound" once an app row carries it (entity_numbers.bound_at).
+-- As for driver ids (sql/45): the trigger function and the backfill run with the caller's
+-- rights and hand plain values to bind_entity_numbers / unbind_entity_number; a number is
+-- "bound" once an app row carries it (entity_numbers.bound_at), settled at commit (sql/57).
 
--- Bind a given number to the row being written: an issued, unbound number is bound; a
--- number idmint never issued is claimed and bound; a bound one is ID004.
-CREATE FUNCTION idmint._bind_entity_number(number text, wanted integer) RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF number ~ '^[1-9][0-9]{6}$' AND substr(number, 1, 1)::integer = wanted THEN
-        UPDATE idmint.entity_numbers e SET bound_at = now()
-        WHERE e.number = _bind_entity_number.number::integer AND e.bound_at IS NULL;
-        IF FOUND THEN
-            RETURN number;
-        ELSIF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = _bind_entity_number.number::integer) THEN
-            PERFORM idmint._error('already_taken', format('entity number %s is already used by another row', number),
-                                  'leave the column NULL (or DEFAULT) to get a new number');
-        END IF;
-    END IF;
-    -- Never issued (or malformed / of another type: the claim raises ID003/ID008).
-    RETURN idmint._claim_entity_number(number, wanted, 'bind', true);
-END
-$$;
-COMMENT ON FUNCTION idmint._bind_entity_number(text, integer) IS
-    'Bind an issued unbound number, or claim and bind a never-issued one; ID004 if already bound';
-
-CREATE FUNCTION idmint.assign_entity_number() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION idmint.bind_entity_numbers(tbl regclass, col text, entity text, numbers text[],
+                                           how text DEFAULT 'bind')
+RETURNS text[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    col text;
-    wanted integer;
+    p integer;
+    wanted integer[];
+    fresh text[];
+    bound integer[];
+    bad text;
+    i integer;
+    result text[] := numbers;
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR col = '' OR numbers IS NULL THEN
+        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): tbl, col and numbers must not be NULL');
+    ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
+        PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
+    END IF;
+    p := idmint._entity_prefix(entity);
+
+    -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
+    IF array_position(numbers, NULL) IS NOT NULL THEN
+        fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, cardinality(numbers) - cardinality(array_remove(numbers, NULL)),
+                                                                 how, true) AS x);
+        i := 0;
+        FOR k IN 1 .. cardinality(numbers) LOOP
+            IF numbers[k] IS NULL THEN
+                i := i + 1;
+                result[k] := fresh[i];
+            END IF;
+        END LOOP;
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
+        SELECT 'entity', x::integer, tbl, col, x, 'new', false, how = 'backfill' FROM unnest(fresh) AS x;
+    END IF;
+
+    -- Given values: of this type (else the claim below raises ID003/ID008), issued and
+    -- unbound -> bound; never issued -> claimed and bound; bound already -> ID004.
+    SELECT array_agg(DISTINCT x::integer) INTO wanted FROM unnest(numbers) AS x
+    WHERE CASE WHEN x ~ '^[1-9][0-9]{6}$' THEN substr(x, 1, 1)::integer = p END;
+    IF wanted IS NOT NULL THEN
+        SELECT x INTO bad FROM unnest(numbers) AS x WHERE x IS NOT NULL GROUP BY x HAVING count(*) > 1 LIMIT 1;
+        IF bad IS NOT NULL THEN
+            PERFORM idmint._error('already_taken', format('entity number %s is used by two rows', bad),
+                                  'leave the column NULL (or DEFAULT) to get a new number');
+        END IF;
+        -- The backfill's own numbers, written into their one row (bound already).
+        WITH handed AS (
+            UPDATE idmint.pending_bindings x SET awaiting_row = false
+            WHERE x.xid = pg_current_xact_id() AND x.kind = 'entity' AND x.number = ANY (wanted)
+              AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
+            RETURNING x.number
+        ), newly AS (
+            UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
+            WHERE e.number = ANY (wanted) AND e.bound_at IS NULL
+            RETURNING e.number
+        ), b AS (
+            SELECT n.number FROM newly n UNION ALL SELECT h.number FROM handed h
+        ), pend AS (
+            INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
+            SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
+            ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
+        )
+        SELECT array_agg(b.number) INTO bound FROM b;
+        SELECT e.number::text INTO bad FROM idmint.entity_numbers e
+        WHERE e.number = ANY (wanted) AND e.number <> ALL (coalesce(bound, '{}')) LIMIT 1;
+        IF bad IS NOT NULL THEN
+            PERFORM idmint._error('already_taken', format('entity number %s is already used by another row', bad),
+                                  'leave the column NULL (or DEFAULT) to get a new number');
+        END IF;
+    END IF;
+    FOR bad IN
+        SELECT x FROM unnest(numbers) AS x
+        WHERE x IS NOT NULL
+          AND NOT coalesce(CASE WHEN x ~ '^[1-9][0-9]{6}$' THEN x::integer = ANY (bound) END, false)
+    LOOP
+        -- Never issued (or malformed / of another type: the claim raises ID003/ID008).
+        PERFORM idmint._claim_entity_number(bad, p, 'bind', true);
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
+        VALUES ('entity', bad::integer, tbl, col, bad, 'claimed', false);
+    END LOOP;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION idmint.bind_entity_numbers(regclass, text, text, text[], text) IS
+    'For idmint.assign_entity_number() and the backfill: bind numbers to rows of tbl (NULL: a new one; never issued: claimed) until commit shows whether the rows were stored. ID003/ID004/ID005/ID008';
+
+CREATE FUNCTION idmint.unbind_entity_number(tbl regclass, col text, number text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
+        RETURN;  -- a value idmint never issued carries nothing to unbind
+    END IF;
+    UPDATE idmint.entity_numbers e SET bound_at = NULL
+    WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL;
+    IF FOUND THEN
+        PERFORM idmint._pend_binding('entity', NULL, number::integer, tbl, col, number, 'bound');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint.unbind_entity_number(regclass, text, text) IS
+    'For idmint.assign_entity_number(): a row of tbl carrying this number is being deleted; it stays issued and a later row may carry it';
+
+CREATE FUNCTION idmint.assign_entity_number() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col constant text := TG_ARGV[0];
+    tbl constant regclass := idmint._binding_table(TG_RELID);
     new_row jsonb;
+    old_number text;
     new_number text;
 BEGIN
-    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
-        PERFORM idmint._error('invalid_argument',
-            'assign_entity_number() must be a BEFORE INSERT OR UPDATE row trigger');
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_number := to_jsonb(OLD) ->> col;
     END IF;
-    new_row := to_jsonb(NEW);
-    PERFORM idmint._trigger_columns('assign_entity_number', new_row, TG_ARGV[0:0], TG_NARGS);
-    col := TG_ARGV[0];
-    wanted := idmint._entity_prefix(TG_ARGV[1]);
-    new_number := new_row ->> col;
+    IF TG_OP = 'DELETE' THEN
+        PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, to_jsonb(OLD), TG_ARGV[0:0], TG_NARGS);
+        PERFORM idmint.unbind_entity_number(tbl, col, old_number);
+        RETURN OLD;
+    END IF;
 
-    IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM to_jsonb(OLD) ->> col THEN
+    new_row := to_jsonb(NEW);
+    PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, new_row, TG_ARGV[0:0], TG_NARGS);
+    new_number := new_row ->> col;
+    IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
-    IF new_number IS NULL THEN
-        SELECT x INTO new_number FROM idmint._issue_entity_numbers(wanted, 1, 'bind', true) AS x;
-    ELSE
-        new_number := idmint._bind_entity_number(new_number, wanted);
+    -- On UPDATE the old number stays issued, and bound, for ever.
+    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
+    IF new_number IS DISTINCT FROM new_row ->> col THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
     END IF;
-    RETURN jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
+    RETURN NEW;
 END
 $$;
 COMMENT ON FUNCTION idmint.assign_entity_number() IS
-    'BEFORE INSERT OR UPDATE row trigger (column, entity): NULL gets a new number; a never-issued value is claimed; an issued unbound one is bound. ID004 bound already, ID003 malformed/other type';
+    'BEFORE INSERT OR UPDATE OR DELETE row trigger (column, entity), with the caller''s rights: NULL gets a new number; a never-issued value is claimed; an issued unbound one is bound; DELETE unbinds. ID004 bound already, ID003 malformed/other type';
 
--- What the backfill may touch: the table's schema and name (to be quoted with %I) and
--- whether the column is numeric. ID003 when the table or column is not usable.
-CREATE FUNCTION idmint._backfill_target(tbl regclass, col text, prefix integer,
-                                        OUT schema_name text, OUT table_name text, OUT numeric_column boolean)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+-- What the backfill may touch: the table's schema and name (to be quoted with %I).
+-- ID003 when the table or column is not usable; reads the catalog only.
+CREATE FUNCTION idmint._backfill_target(tbl regclass, col text, OUT schema_name text, OUT table_name text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER  -- reads the catalog only; raises as the owner
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     kind "char";
-    type_name name;
+    base_type name;
     typmod integer;
 BEGIN
-    PERFORM idmint._entity_prefix(prefix);
     IF tbl IS NULL OR col IS NULL THEN
         PERFORM idmint._error('invalid_argument', 'backfill_entity_numbers(): tbl and col must not be NULL');
     END IF;
@@ -84,98 +169,81 @@ BEGIN
     IF NOT FOUND OR kind NOT IN ('r', 'p') THEN
         PERFORM idmint._error('invalid_argument', format('backfill_entity_numbers(): %s is not a table', tbl));
     END IF;
-    SELECT t.typname, a.atttypmod INTO type_name, typmod
-    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    -- A domain counts as its base type (its own checks run as the caller in the UPDATE).
+    SELECT bt.typname, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END
+    INTO base_type, typmod
+    FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
     IF NOT FOUND THEN
         PERFORM idmint._error('invalid_argument',
             format('backfill_entity_numbers(): table %s has no column %s', tbl, quote_literal(left(col, 100))),
             'pass the column name exactly as it is spelled (case-sensitive, unquoted)');
-    ELSIF type_name IN ('text', 'varchar', 'bpchar') AND (typmod < 0 OR typmod - 4 >= 7) THEN
-        numeric_column := false;
-    ELSIF type_name IN ('int4', 'int8', 'numeric') THEN
-        numeric_column := true;
-    ELSE
+    END IF;
+    -- text, varchar(n >= 7), char(7), integer, bigint, numeric(p >= 7, 0) (typmods as stored:
+    -- character types n + 4, numeric ((p << 16) | s) + 4; -1 when unconstrained).
+    IF NOT (base_type IN ('text', 'int4', 'int8')
+            OR (base_type = 'varchar' AND (typmod < 0 OR typmod - 4 >= 7))
+            OR (base_type = 'bpchar' AND typmod - 4 = 7)
+            OR (base_type = 'numeric' AND (typmod < 0 OR ((typmod - 4) >> 16 >= 7 AND (typmod - 4) & 65535 = 0)))) THEN
         PERFORM idmint._error('invalid_argument',
             format('backfill_entity_numbers(): column %I of %s (%s) cannot hold a 7-digit number',
-                   col, tbl, format_type((SELECT a.atttypid FROM pg_catalog.pg_attribute a
-                                          WHERE a.attrelid = tbl AND a.attname = col), typmod)),
-            'use a text, varchar(7+), char(7), integer, bigint or numeric column');
+                   col, tbl, (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
+                              WHERE a.attrelid = tbl AND a.attname = col)),
+            'use a text, varchar(7+), char(7), integer, bigint or numeric(7+, 0) column');
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._backfill_target(regclass, text, integer) IS
-    'Validate backfill arguments; the quoted-later schema and table name and whether the column is numeric';
-
--- n numbers for the backfill (no 100000 cap: one call fills the whole table).
-CREATE FUNCTION idmint._backfill_numbers(prefix integer, n bigint) RETURNS SETOF text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF n > 1000000 THEN
-        PERFORM idmint._error('entity_range_exhausted',
-            format('%s numbers requested, more than a type holds', n), 'a type holds 1 000 000 numbers');
-    END IF;
-    RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(prefix), n::integer, 'backfill') AS x;
-END
-$$;
-COMMENT ON FUNCTION idmint._backfill_numbers(integer, bigint) IS
-    'Issue n numbers for backfill_entity_numbers (0 gives none); ID005 if fewer are free';
+COMMENT ON FUNCTION idmint._backfill_target(regclass, text) IS
+    'Validate backfill arguments; the schema and table name to quote';
 
 -- SECURITY INVOKER: the UPDATE runs with the caller's rights on the app table, so a
--- role cannot fill a table it may not update. Numbers come from the definer helpers.
-CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity integer) RETURNS bigint
+-- role cannot fill a table it may not update.
+CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     target record;
+    todo bigint;
+    numbers bigint[] := '{}';
     filled bigint;
 BEGIN
-    target := idmint._backfill_target(tbl, col, entity);
-    IF target.numeric_column THEN
-        EXECUTE format($q$
-            WITH targets AS (
-                SELECT t.tableoid AS rel, t.ctid AS tid, row_number() OVER () AS rn
-                FROM %1$I.%2$I t WHERE t.%3$I IS NULL
-            ), numbers AS (
-                SELECT x.number, row_number() OVER () AS rn
-                FROM idmint._backfill_numbers($1, (SELECT count(*) FROM targets)) AS x(number)
-            )
-            UPDATE %1$I.%2$I t SET %3$I = numbers.number::bigint
-            FROM targets JOIN numbers USING (rn)
+    PERFORM idmint._entity_prefix(entity);
+    target := idmint._backfill_target(tbl, col);
+    EXECUTE format('SELECT count(*) FROM %I.%I t WHERE t.%I IS NULL', target.schema_name, target.table_name, col)
+        INTO todo;
+    -- At most 100 000 numbers a call, issued bound to the rows the UPDATE writes (a trigger
+    -- on the column accepts them once; either way they are settled at commit).
+    WHILE cardinality(numbers) < todo LOOP
+        numbers := numbers || idmint.bind_entity_numbers(
+            idmint._binding_table(tbl), col, entity, array_fill(NULL::text, ARRAY[least(todo - cardinality(numbers), 100000)::integer]),
+            'backfill')::bigint[];
+    END LOOP;
+    -- A bigint is assigned to any of the accepted column types (to text by I/O conversion).
+    EXECUTE format($q$
+        WITH targets AS (
+            SELECT t.tableoid AS rel, t.ctid AS tid, row_number() OVER () AS rn
+            FROM %1$I.%2$I t WHERE t.%3$I IS NULL
+        ), updated AS (
+            UPDATE %1$I.%2$I t SET %3$I = n.number
+            FROM targets JOIN unnest($1) WITH ORDINALITY AS n(number, rn) USING (rn)
             WHERE t.tableoid = targets.rel AND t.ctid = targets.tid AND t.%3$I IS NULL
-            $q$, target.schema_name, target.table_name, col) USING entity;
-    ELSE
-        EXECUTE format($q$
-            WITH targets AS (
-                SELECT t.tableoid AS rel, t.ctid AS tid, row_number() OVER () AS rn
-                FROM %1$I.%2$I t WHERE t.%3$I IS NULL
-            ), numbers AS (
-                SELECT x.number, row_number() OVER () AS rn
-                FROM idmint._backfill_numbers($1, (SELECT count(*) FROM targets)) AS x(number)
-            )
-            UPDATE %1$I.%2$I t SET %3$I = numbers.number
-            FROM targets JOIN numbers USING (rn)
-            WHERE t.tableoid = targets.rel AND t.ctid = targets.tid AND t.%3$I IS NULL
-            $q$, target.schema_name, target.table_name, col) USING entity;
-    END IF;
-    GET DIAGNOSTICS filled = ROW_COUNT;
+            RETURNING 1
+        )
+        SELECT count(*) FROM updated
+        $q$, target.schema_name, target.table_name, col)
+        INTO filled USING numbers;
     RETURN filled;
 END
 $$;
-COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, integer) IS
-    'Fill every NULL in tbl.col with new numbers of the type in one UPDATE (with the caller''s rights); returns how many. ID003 bad table/column, ID005 too few free';
+COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, text) IS
+    'Fill every NULL in tbl.col with new numbers of the type, bound to their rows, in one UPDATE (with the caller''s rights); returns how many. ID003 bad table/column/type, ID005 too few free';
 
-CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity text) RETURNS bigint
+CREATE FUNCTION idmint.backfill_entity_numbers(tbl regclass, col text, entity integer) RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT idmint.backfill_entity_numbers(tbl, col, idmint._entity_prefix(entity)) $$;
-COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, text) IS
-    'backfill_entity_numbers for a type given by name or one-digit text';
-
--- The invoker-rights backfill calls these helpers as the application's role.
-GRANT EXECUTE ON FUNCTION idmint._entity_prefix(text), idmint._entity_prefix(integer),
-    idmint._backfill_target(regclass, text, integer), idmint._backfill_numbers(integer, bigint)
-    TO idmint_user;
+AS $$ SELECT idmint.backfill_entity_numbers(tbl, col, idmint._entity_prefix(entity)::text) $$;
+COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, integer) IS
+    'backfill_entity_numbers for a type given by its prefix';

@@ -22,7 +22,9 @@ SELECT f.fleet_id,
        f.max_drivers,
        f.assigned,
        r.reserved,
-       f.max_drivers - f.assigned - r.reserved AS free,
+       -- What calls could still get: the numbers above the counter plus the freed and
+       -- expired ones below it (a forward reset skips numbers for ever, so it lowers this).
+       f.max_drivers - f.last_number + f.unassigned - r.reserved AS free,
        (f.assigned + r.reserved)::float8 / f.max_drivers AS utilization
 FROM idmint.fleets f
 CROSS JOIN LATERAL (
@@ -33,10 +35,10 @@ CROSS JOIN LATERAL (
     WHERE f.unassigned > 0
       AND d.fleet_id = f.fleet_id
       AND d.state <> 'assigned' AND d.state = 'reserved'
-      AND d.expires_at > now()
+      AND d.expires_at > clock_timestamp()
 ) r;
 COMMENT ON VIEW idmint.fleet_capacity IS
-    'Per fleet: assigned ids, active reservations, free numbers (expired reservations count as free) and utilization 0..1';
+    'Per fleet: assigned ids, active reservations, free numbers (what calls could still get; expired reservations count as free) and utilization 0..1';
 
 CREATE FUNCTION idmint.capacity_report("window" interval DEFAULT '7 days')
 RETURNS TABLE (scope text, key text, name text, capacity bigint, used bigint, reserved bigint, free bigint,

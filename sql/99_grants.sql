@@ -24,6 +24,19 @@ GRANT SELECT ON idmint.driver_id_ledger TO idmint_user;
 GRANT SELECT ON idmint.fleet_capacity, idmint.driver_id_audit TO idmint_user;
 GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 
--- The public views format ids with this pure helper; PostgreSQL checks EXECUTE on
--- functions in a view against the reader, so readers need it.
-GRANT EXECUTE ON FUNCTION idmint._format_driver_id(integer, text) TO idmint_user;
+-- Read-only internal helpers that code running with the caller's rights needs: the
+-- public views format ids with _format_driver_id (EXECUTE on functions in a view is checked
+-- against the reader); the invoker-rights triggers, backfill and commit-time settler
+-- resolve and check their arguments and look up their own pending
+-- bindings with the others. None of them writes; every writing helper stays the owner's.
+GRANT EXECUTE ON FUNCTION
+    idmint._format_driver_id(integer, text),
+    idmint._fleet_id(text),
+    idmint._entity_prefix(text), idmint._entity_prefix(integer),
+    idmint._trigger_columns(text, text, text, jsonb, text[], integer),
+    idmint._driver_id_unchanged(text, text, text, text),
+    idmint._binding_table(oid),
+    idmint._pending_bindings(),
+    idmint._rows_exist(oid, text, bigint[], text[]),
+    idmint._backfill_target(regclass, text)
+    TO idmint_user;

@@ -4,11 +4,13 @@ every test gets a fresh database cloned from it."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_postgresql import factories
 
 from idmint.migrate import migrate
@@ -65,6 +67,31 @@ def connect(dsn: str) -> Iterator[Callable[..., psycopg.Connection]]:
 def db(connect: Callable[..., psycopg.Connection]) -> psycopg.Connection:
     """An autocommit connection to the test database."""
     return connect()
+
+
+def unique_role(db: psycopg.Connection, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    return name
+
+
+@pytest.fixture
+def app(
+    db: psycopg.Connection, connect: Callable[..., psycopg.Connection]
+) -> Iterator[psycopg.Connection]:
+    """CREATE ROLE app LOGIN; GRANT idmint_user TO app — and a schema of its own."""
+    db.execute("SELECT idmint.add_fleet('Security', 'AAA')")
+    role = unique_role(db, "idmint_sec_app")
+    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(role)))
+    conn = connect(user=role)
+    row = conn.execute("SELECT current_user").fetchone()
+    assert row == (role,)
+    yield conn
+    conn.close()
+    db.execute(sql.SQL("DROP SCHEMA app CASCADE"))
+    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -35,7 +35,7 @@ def test_every_life_cycle_step_is_traced(db: psycopg.Connection, connect: Connec
     # Reserved by a named registration, confirmed from another application.
     kept = scalar(desk, "SELECT idmint.reserve_driver_id('AUD', 'signup #17')")
     assert kept == "DRV-004AUD"
-    batch.execute("SELECT idmint.confirm_driver_id(%s)", [kept])
+    batch.execute("SELECT idmint.confirm_driver_id(%s, 'signup #17')", [kept])
     assert trail(db, kept) == [
         ("reserved", None, user, "front-desk", "signup #17", "expires in 00:05:00"),
         ("confirmed", None, user, "nightly-import", "signup #17", None),
@@ -113,7 +113,7 @@ def test_driver_id_history_is_the_trail_of_one_id(db: psycopg.Connection) -> Non
     db.execute("SELECT idmint.add_fleet('History', 'HST', 10)")
     db.execute("SELECT idmint.add_fleet('Other', 'THR', 10)")
     rid = str(scalar(db, "SELECT idmint.reserve_driver_id('HST', 'form')"))
-    db.execute("SELECT idmint.release_driver_id(%s)", [rid])
+    db.execute("SELECT idmint.release_driver_id(%s, 'form')", [rid])
     db.execute("SELECT idmint.next_driver_id('HST')")
     db.execute("SELECT idmint.next_driver_ids('THR', 3)")
     history = db.execute("SELECT * FROM idmint.driver_id_history('drv-001hst')").fetchall()

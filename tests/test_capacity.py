@@ -53,9 +53,8 @@ def test_fleet_capacity_follows_the_ledger(db: psycopg.Connection) -> None:
 
     keep = str(scalar(db, "SELECT idmint.reserve_driver_id('CAP')"))
     drop = str(scalar(db, "SELECT idmint.reserve_driver_id('CAP')"))
-    # Within its own transaction (now() fixed) a 1 ms reservation is still active.
     with db.transaction():
-        short = str(scalar(db, "SELECT idmint.reserve_driver_id('CAP', 'test', '1 millisecond')"))
+        short = str(scalar(db, "SELECT idmint.reserve_driver_id('CAP', 'test', '1 second')"))
         cap = assert_matches_ledger(db, "CAP")
         assert (cap["assigned"], cap["reserved"], cap["free"]) == (3, 3, 4)
         assert cap["utilization"] == 0.6

@@ -333,9 +333,12 @@ def test_reserve_confirm_release(dsn: str, db: psycopg.Connection) -> None:
     ).fetchone()
     assert row == ("reserved", "form-1", timedelta(seconds=90))
 
-    assert lines(run("confirm", rid.lower(), dsn=dsn)) == [rid]
-    assert lines(run("confirm", rid, dsn=dsn)) == [rid]  # idempotent
-    refused("release", rid, dsn=dsn, sqlstate="ID007")
+    refused("confirm", rid, dsn=dsn, sqlstate="ID006")  # held by form-1
+    assert lines(run("release", rid, "--by", "form-2", dsn=dsn)) == ["false"]
+    assert lines(run("confirm", rid.lower(), "--by", "form-1", dsn=dsn)) == [rid]
+    assert lines(run("confirm", rid, "--by", "form-1", dsn=dsn)) == [rid]  # idempotent
+    refused("confirm", rid, "--by", "form-2", dsn=dsn, sqlstate="ID006")
+    refused("release", rid, "--by", "form-1", dsn=dsn, sqlstate="ID007")
 
     other = run("reserve", code, "--ttl", "1h30m", dsn=dsn).stdout.strip()
     row = db.execute(

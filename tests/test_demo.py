@@ -122,7 +122,7 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
         assert heading in out
     assert "Migrated: applied 0001_idmint" in out
     assert re.search(r"next_driver_id\('NTH'\)\s+-> DRV-001NTH", out)
-    assert re.search(r"confirm_driver_id\('DRV-007NTH'\)\s+-> DRV-007NTH", out)
+    assert re.search(r"confirm_driver_id\('DRV-007NTH', 'signup-form'\)\s+-> DRV-007NTH", out)
     assert re.search(r"release_driver_id\('DRV-008NTH'\)\s+-> True", out)
     assert re.search(r"-> ReservationNotActiveError ID006: ", out)
     assert re.search(r"gen_entity_numbers\('part', 5\)\s+->( 1\d{6}){5}$", out, re.M)

@@ -7,7 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar, table_snapshot
+from tests.util import Connect, raises_sqlstate, scalar, table_snapshot, wait_expired
 
 ALPHABET = set("ABCDEFGHJKLMNPQRSTUVWXYZ23456789")
 
@@ -221,7 +221,8 @@ def test_reserve_confirm_release_life_cycle(db: psycopg.Connection, fleet: uuid.
         scalar(db, "SELECT reserved_by FROM idmint.driver_id_ledger WHERE driver_id = %s", [other])
         == "me"
     )
-    assert scalar(db, "SELECT idmint.release_driver_id(%s)", [other]) is True
+    assert scalar(db, "SELECT idmint.release_driver_id(%s)", [other]) is False  # not the holder
+    assert scalar(db, "SELECT idmint.release_driver_id(%s, %s)", [other, "me"]) is True
     assert scalar(db, "SELECT idmint.release_driver_id(%s)", [other]) is False
     with raises_sqlstate("ID006"):
         db.execute("SELECT idmint.confirm_driver_id(%s)", [other])
@@ -260,20 +261,19 @@ def test_expired_reservation_is_reissued_lowest_first_before_any_purge(
 ) -> None:
     db = connect(autocommit=False)
     next_id(db, "ABC")
-    # One transaction: now() is fixed, so both reservations are active when made.
-    first = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'slow', '1 millisecond')")
-    second = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'slow', '1 millisecond')")
+    first = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'slow', '300 milliseconds')")
+    second = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'slow', '300 milliseconds')")
     db.commit()
-    db.execute("SELECT pg_sleep(0.01)")
+    wait_expired(db, first, second)
     db.commit()
     assert (
         scalar(db, "SELECT status FROM idmint.driver_id_ledger WHERE driver_id = %s", [first])
         == "expired"
     )
     with raises_sqlstate("ID006"):
-        db.execute("SELECT idmint.confirm_driver_id(%s)", [first])
+        db.execute("SELECT idmint.confirm_driver_id(%s, 'slow')", [first])
     db.rollback()
-    assert scalar(db, "SELECT idmint.release_driver_id(%s)", [first]) is False
+    assert scalar(db, "SELECT idmint.release_driver_id(%s, 'slow')", [first]) is False
     assert [next_id(db, "ABC") for _ in range(3)] == [first, second, "DRV-004ABC"]
     assert (first, second) == ("DRV-002ABC", "DRV-003ABC")
     db.commit()
@@ -293,11 +293,13 @@ def test_full_fleet_with_an_expired_reservation_still_allocates(connect: Connect
 def test_purge_removes_expired_reservations_and_keeps_numbers_reissuable(connect: Connect) -> None:
     db = connect(autocommit=False)
     db.execute("SELECT idmint.add_fleet('A', 'AAA'), idmint.add_fleet('B', 'BBB')")
-    for code in ("AAA", "BBB"):
-        db.execute("SELECT idmint.reserve_driver_id(%s, 'x', '1 millisecond')", [code])
+    short = [
+        scalar(db, "SELECT idmint.reserve_driver_id(%s, 'x', '300 milliseconds')", [code])
+        for code in ("AAA", "BBB")
+    ]
     active = scalar(db, "SELECT idmint.reserve_driver_id('AAA')")
     db.commit()
-    db.execute("SELECT pg_sleep(0.01)")
+    wait_expired(db, *short)
     db.commit()
     assert scalar(db, "SELECT idmint.purge_expired_reservations()") == 2
     assert scalar(db, "SELECT idmint.purge_expired_reservations()") == 0

@@ -105,8 +105,11 @@ def test_reservations(mint: idmint.IdMint) -> None:
     mint.add_fleet("North", code="ABC")
     rid = mint.reserve_driver_id("ABC", reserved_by="signup form", ttl=timedelta(minutes=2))
     assert rid == "DRV-001ABC"
-    assert mint.confirm_driver_id(rid.lower()) == rid
-    assert mint.confirm_driver_id(rid) == rid  # idempotent
+    with pytest.raises(idmint.ReservationNotActiveError):
+        mint.confirm_driver_id(rid)  # held by "signup form"
+    assert mint.release_driver_id(rid, "someone else") is False
+    assert mint.confirm_driver_id(rid.lower(), reserved_by="signup form") == rid
+    assert mint.confirm_driver_id(rid, "signup form") == rid  # idempotent
 
     held = mint.reserve_driver_id("ABC")
     assert held == "DRV-002ABC"

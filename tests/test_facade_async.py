@@ -117,7 +117,10 @@ async def test_reservations(mint: idmint.AsyncIdMint) -> None:
     await mint.add_fleet("North", code="ABC")
     rid = await mint.reserve_driver_id("ABC", reserved_by="form", ttl=timedelta(minutes=1))
     assert rid == "DRV-001ABC"
-    assert await mint.confirm_driver_id(rid) == rid
+    with pytest.raises(idmint.ReservationNotActiveError):
+        await mint.confirm_driver_id(rid)  # held by "form"
+    assert await mint.release_driver_id(rid, "other") is False
+    assert await mint.confirm_driver_id(rid, reserved_by="form") == rid
     held = await mint.reserve_driver_id("ABC")
     assert await mint.release_driver_id(held) is True
     assert await mint.release_driver_id(held) is False

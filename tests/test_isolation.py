@@ -193,7 +193,7 @@ def test_allocate_vs_allocate_repeatable_read_must_retry(perms: Permutations) ->
 RESERVE = {
     "b1": ("s1", "BEGIN"),
     "res1": ("s1", "SELECT idmint.reserve_driver_id('AAA', 'clerk')"),
-    "rel1": ("s1", "SELECT idmint.release_driver_id('DRV-001AAA')"),
+    "rel1": ("s1", "SELECT idmint.release_driver_id('DRV-001AAA', 'clerk')"),
     "c1": ("s1", "COMMIT"),
     "r1": ("s1", "ROLLBACK"),
     "a2": ("s2", "SELECT idmint.next_driver_id('AAA')"),
@@ -251,7 +251,7 @@ PURGE = {
     "purge1": ("s1", "SELECT idmint.purge_expired_reservations()"),
     "c1": ("s1", "COMMIT"),
     "b2": ("s2", "BEGIN"),
-    "conf2": ("s2", "SELECT idmint.confirm_driver_id('drv-001aaa')"),
+    "conf2": ("s2", "SELECT idmint.confirm_driver_id('drv-001aaa', 'clerk')"),
     "c2": ("s2", "COMMIT"),
 }
 
@@ -275,12 +275,11 @@ def test_confirm_of_active_reservation_vs_purge(perms: Permutations) -> None:
     assert status(perms.observer) == [("DRV-001AAA", "assigned")]
 
 
-def test_confirm_that_began_before_expiry_survives_a_purge_after_it(
+def test_confirm_after_expiry_fails_in_a_transaction_that_began_before(
     perms: Permutations,
 ) -> None:
-    """The confirming transaction started while the reservation was active, so it may
-    confirm it; the purge sees the (uncommitted) reservation as expired, waits for the
-    fleet, then must not free the number the confirmation assigned."""
+    """Expiry is judged by the clock at the call, not by the transaction's start: s2 began
+    while the reservation was active, yet its confirmation after the expiry instant fails."""
     obs = perms.observer
     steps = {
         **PURGE,
@@ -288,22 +287,16 @@ def test_confirm_that_began_before_expiry_survives_a_purge_after_it(
         "now2": ("s2", "SELECT now() < clock_timestamp()"),
         "exp0": ("s1", "SELECT pg_sleep(0.4)"),
     }
-    # s2 begins (its now() is fixed), then s1 reserves: the reservation expires after s2's
-    # now() in any schedule, so s2's confirmation is valid however late it runs.
-    out = perms.run(steps, ["b2", "now2", "res0", "exp0", "conf2", "b1", "purge1", "c2", "c1"])
+    out = perms.run(steps, ["b2", "now2", "res0", "exp0", "conf2", "c2"])
     assert out == [
         "s2 b2: ok",
         "s2 now2: True",
         "s1 res0: DRV-001AAA",
         "s1 exp0: ",
-        "s2 conf2: DRV-001AAA",
-        "s1 b1: ok",
-        "s1 purge1: <waiting ...>",
+        "s2 conf2: ERROR ID006",
         "s2 c2: ok",
-        "s1 purge1: <... completed> 0",
-        "s1 c1: ok",
     ]
-    assert status(obs) == [("DRV-001AAA", "assigned")]
+    assert status(obs) == [("DRV-001AAA", "expired")]
 
 
 def test_purge_of_expired_reservation_vs_confirm(perms: Permutations) -> None:
@@ -328,11 +321,11 @@ def test_purge_of_expired_reservation_vs_confirm(perms: Permutations) -> None:
 
 RELEASE = {
     "b1": ("s1", "BEGIN"),
-    "rel1": ("s1", "SELECT idmint.release_driver_id('DRV-001AAA')"),
+    "rel1": ("s1", "SELECT idmint.release_driver_id('DRV-001AAA', 'clerk')"),
     "c1": ("s1", "COMMIT"),
     "r1": ("s1", "ROLLBACK"),
     "b2": ("s2", "BEGIN"),
-    "conf2": ("s2", "SELECT idmint.confirm_driver_id('DRV-001AAA')"),
+    "conf2": ("s2", "SELECT idmint.confirm_driver_id('DRV-001AAA', 'clerk')"),
     "c2": ("s2", "COMMIT"),
 }
 
@@ -444,3 +437,55 @@ def test_gen_vs_claim_of_the_same_number_exactly_one_wins(perms: Permutations, e
     assert issued == 1  # exactly one of them holds it
     # commit: the generator won and the claim is refused; rollback: the claim won.
     assert claimed == ("ERROR ID004" if end == "commit" else generated)
+
+
+# --- revision 0.2: stale snapshots, a purge that never waits --------------------------------
+
+
+def test_repeatable_read_never_skips_a_number_released_before_its_call(
+    perms: Permutations,
+) -> None:
+    """s2's snapshot sees DRV-004AAA reserved; the release commits before s2 allocates. s2
+    must take 004 or fail with 40001, never advance the counter to 005."""
+    obs = perms.observer
+    obs.execute("SELECT idmint.next_driver_ids('AAA', 3)")
+    obs.execute("SELECT idmint.reserve_driver_id('AAA', 'form')")
+    steps = {
+        **ALLOC,
+        "rel1": ("s1", "SELECT idmint.release_driver_id('DRV-004AAA', 'form')"),
+    }
+    out = perms.run(steps, ["b2rr", "snap2", "rel1", "a2", "r2", "a2"])
+    assert out[:3] == ["s2 b2rr: ok", "s2 snap2: 4", "s1 rel1: True"]
+    assert out[3] in ("s2 a2: ERROR 40001", "s2 a2: DRV-004AAA"), out
+    assert out[4:] == ["s2 r2: ok", "s2 a2: DRV-004AAA"]
+
+
+def test_purge_skips_a_fleet_held_by_an_open_transaction(perms: Permutations) -> None:
+    """The purge neither waits for a fleet another transaction holds nor deadlocks with it:
+    it skips the fleet, and a later run purges it."""
+    obs = perms.observer
+    for code in ("AAA", "BBB"):
+        rid = scalar(obs, "SELECT idmint.reserve_driver_id(%s, 'x', '1 millisecond')", [code])
+        wait_until_expired(obs, str(rid))
+    steps = {
+        "b1": ("s1", "BEGIN"),
+        "holdB": ("s1", "SELECT idmint.next_driver_id('BBB')"),
+        "holdA": ("s1", "SELECT idmint.next_driver_id('AAA')"),
+        "c1": ("s1", "COMMIT"),
+        "b2": ("s2", "BEGIN"),
+        "purge2": ("s2", "SELECT idmint.purge_expired_reservations()"),
+        "c2": ("s2", "COMMIT"),
+    }
+    # s1 holds BBB; the purge takes AAA only and does not wait. s1 then asks for AAA,
+    # which the purge holds until it commits: s1 waits for the purge, never the reverse.
+    assert perms.run(steps, ["b1", "holdB", "b2", "purge2", "holdA", "c2", "c1"]) == [
+        "s1 b1: ok",
+        "s1 holdB: DRV-001BBB",
+        "s2 b2: ok",
+        "s2 purge2: 1",
+        "s1 holdA: <waiting ...>",
+        "s2 c2: ok",
+        "s1 holdA: <... completed> DRV-001AAA",
+        "s1 c1: ok",
+    ]
+    assert scalar(obs, "SELECT idmint.purge_expired_reservations()") == 0  # BBB's was reissued

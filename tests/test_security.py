@@ -7,26 +7,25 @@ injection payloads, and n = 10^9.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from psycopg import sql
 
-from tests.util import Connect, raises_sqlstate, scalar
+from tests.util import raises_sqlstate, scalar
 
-# Internal helpers idmint_user may execute: backfill_entity_numbers runs with the caller's
-# rights (SECURITY INVOKER) and calls the first four (_backfill_numbers can issue no more
-# than gen_entity_numbers could); the last two are pure helpers that views or invoker
-# functions may call.
+# Read-only internal helpers that invoker-rights code (views, triggers, backfill, the
+# commit-time settler) needs; none of them writes (checked below: none is VOLATILE).
 ALLOWED_HELPERS = {
     "idmint._entity_prefix(integer)",
     "idmint._entity_prefix(text)",
-    "idmint._backfill_target(regclass,text,integer)",
-    "idmint._backfill_numbers(integer,bigint)",
+    "idmint._backfill_target(regclass,text)",
     "idmint._format_driver_id(integer,text)",
-    "idmint._error(text,text,text,text)",
+    "idmint._fleet_id(text)",
+    "idmint._trigger_columns(text,text,text,jsonb,text[],integer)",
+    "idmint._driver_id_unchanged(text,text,text,text)",
+    "idmint._binding_table(oid)",
+    "idmint._pending_bindings()",
+    "idmint._rows_exist(oid,text,bigint[],text[])",
 }
 
 PAYLOADS = [
@@ -47,28 +46,6 @@ PAYLOADS = [
     " AAA",
     "x" * 10000,
 ]
-
-
-def unique_role(db: psycopg.Connection, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    return name
-
-
-@pytest.fixture
-def app(db: psycopg.Connection, connect: Connect) -> Iterator[psycopg.Connection]:
-    """CREATE ROLE app LOGIN; GRANT idmint_user TO app — and a schema of its own."""
-    db.execute("SELECT idmint.add_fleet('Security', 'AAA')")
-    role = unique_role(db, "idmint_sec_app")
-    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
-    db.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(role)))
-    conn = connect(user=role)
-    assert scalar(conn, "SELECT current_user") == role
-    yield conn
-    conn.close()
-    db.execute(sql.SQL("DROP SCHEMA app CASCADE"))
-    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def idmint_tables(db: psycopg.Connection, kinds: str = "r") -> list[str]:
@@ -141,6 +118,12 @@ def test_idmint_user_holds_exactly_the_public_surface(db: psycopg.Connection) ->
     }
     assert executable - public <= ALLOWED_HELPERS
     assert public <= executable
+    writers = db.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p"
+        " WHERE p.pronamespace = 'idmint'::regnamespace AND p.proname ~ '^_'"
+        " AND p.provolatile = 'v' AND has_function_privilege('idmint_user', p.oid, 'EXECUTE')"
+    ).fetchall()
+    assert writers == []
     relation_privileges = db.execute(
         "SELECT c.oid::regclass::text, c.relkind, a.privilege_type FROM pg_class c,"
         " aclexplode(c.relacl) a WHERE c.relnamespace = 'idmint'::regnamespace"
@@ -278,7 +261,7 @@ def test_objects_named_like_internals_change_nothing(
     ]
     rid = scalar(c, "SELECT idmint.reserve_driver_id('AAA', 'me', '1 hour')")
     assert rid == "DRV-004AAA"
-    assert scalar(c, "SELECT idmint.confirm_driver_id('drv-004aaa')") == "DRV-004AAA"
+    assert scalar(c, "SELECT idmint.confirm_driver_id('drv-004aaa', 'me')") == "DRV-004AAA"
     with raises_sqlstate("ID007"):
         c.execute("SELECT idmint.release_driver_id('DRV-004AAA')")
     assert scalar(c, "SELECT idmint.purge_expired_reservations()") == 0
