@@ -173,10 +173,10 @@ RESERVE_DRIVER_ID = Query(
     _text,
 )
 CONFIRM_DRIVER_ID = Query(
-    "confirm_driver_id", sql.SQL("SELECT idmint.confirm_driver_id(%s)"), _text
+    "confirm_driver_id", sql.SQL("SELECT idmint.confirm_driver_id(%s, %s::text)"), _text
 )
 RELEASE_DRIVER_ID = Query(
-    "release_driver_id", sql.SQL("SELECT idmint.release_driver_id(%s)"), _bool
+    "release_driver_id", sql.SQL("SELECT idmint.release_driver_id(%s, %s::text)"), _bool
 )
 PURGE_EXPIRED_RESERVATIONS = Query(
     "purge_expired_reservations", sql.SQL("SELECT idmint.purge_expired_reservations()"), _int

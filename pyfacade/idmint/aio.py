@@ -237,13 +237,20 @@ class AsyncIdMint:
         """Hold the fleet's next driver id for ``ttl`` until confirmed or released."""
         return await self._call(Q.RESERVE_DRIVER_ID, (fleet, reserved_by, ttl), conn)
 
-    async def confirm_driver_id(self, driver_id: str, *, conn: Conn | None = None) -> str:
-        """Turn an active reservation into an assignment; returns the normalised id."""
-        return await self._call(Q.CONFIRM_DRIVER_ID, (driver_id,), conn)
+    async def confirm_driver_id(
+        self, driver_id: str, reserved_by: str | None = None, *, conn: Conn | None = None
+    ) -> str:
+        """Turn an active reservation into an assignment; returns the normalised id.
 
-    async def release_driver_id(self, driver_id: str, *, conn: Conn | None = None) -> bool:
-        """Give back an active reservation (True); not an active reservation: False."""
-        return await self._call(Q.RELEASE_DRIVER_ID, (driver_id,), conn)
+        A reservation made with ``reserved_by`` is confirmed only by the same ``reserved_by``.
+        """
+        return await self._call(Q.CONFIRM_DRIVER_ID, (driver_id, reserved_by), conn)
+
+    async def release_driver_id(
+        self, driver_id: str, reserved_by: str | None = None, *, conn: Conn | None = None
+    ) -> bool:
+        """Give back an active reservation (True); not one, or another holder's: False."""
+        return await self._call(Q.RELEASE_DRIVER_ID, (driver_id, reserved_by), conn)
 
     async def purge_expired_reservations(self, *, conn: Conn | None = None) -> int:
         """Delete expired reservations; returns how many."""

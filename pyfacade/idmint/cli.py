@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("confirm", "confirm a reserved driver id (idempotent); prints the id")
     c.add_argument("driver_id", metavar="ID")
+    c.add_argument("--by", dest="reserved_by", metavar="WHO", help="the holder named at reserve")
     c.set_defaults(func=cmd_confirm)
 
     c = cmd(
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "give back a reserved driver id; prints true, or false if it was not reserved",
     )
     c.add_argument("driver_id", metavar="ID")
+    c.add_argument("--by", dest="reserved_by", metavar="WHO", help="the holder named at reserve")
     c.set_defaults(func=cmd_release)
 
     c = cmd("numbers", "issue N new entity numbers; prints one per line")
@@ -472,13 +474,13 @@ def cmd_reserve(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     with _mint(args) as mint:
-        out(mint.confirm_driver_id(args.driver_id))
+        out(mint.confirm_driver_id(args.driver_id, args.reserved_by))
     return EXIT_OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     with _mint(args) as mint:
-        released = mint.release_driver_id(args.driver_id)
+        released = mint.release_driver_id(args.driver_id, args.reserved_by)
     out("true" if released else "false")
     return EXIT_OK
 

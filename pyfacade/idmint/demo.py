@@ -102,8 +102,12 @@ def run_demo(stream: TextIO | None = None) -> int:
             kept = mint.reserve_driver_id(
                 "NTH", reserved_by="signup-form", ttl=timedelta(minutes=5)
             )
-            show("reserve_driver_id('NTH', ttl=5 minutes)", kept)
-            show(f"confirm_driver_id('{kept}')", mint.confirm_driver_id(kept))
+            show("reserve_driver_id('NTH', 'signup-form', 5 min)", kept)
+            refused(f"confirm_driver_id('{kept}')", lambda: mint.confirm_driver_id(kept))
+            show(
+                f"confirm_driver_id('{kept}', 'signup-form')",
+                mint.confirm_driver_id(kept, "signup-form"),
+            )
             dropped = mint.reserve_driver_id("nth")
             show("reserve_driver_id('nth')", dropped)
             show(f"release_driver_id('{dropped}')", mint.release_driver_id(dropped))
