@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-cron pgbouncer libpq-dev
 
-.PHONY: demo test lint typecheck pytest sysdeps venv bench soak migration clean
+.PHONY: demo test lint typecheck pytest sysdeps venv bench soak migration facade clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,13 @@ typecheck: $(STAMP)
 migration: $(STAMP)
 	$(BIN)/python tools/build_migration.py
 
+# The sync facade (client.py) is generated from the async one (aio.py).
+facade: $(STAMP)
+	$(BIN)/python tools/async_to_sync.py
+
 pytest: $(STAMP) sysdeps
 	$(BIN)/python tools/build_migration.py --check
+	$(BIN)/python tools/async_to_sync.py --check
 	$(BIN)/pytest -q -p no:randomly
 
 test: sysdeps $(STAMP) lint typecheck pytest

@@ -4,12 +4,15 @@ kinds of source, `conn=`, retries, and PgBouncer in transaction pooling mode."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -458,3 +461,17 @@ def test_concurrent_entity_numbers(route: Factory) -> None:
     assert len(issued) == len(set(issued)) == threads * 51
     caps = {c.prefix: c.issued for c in mint.entity_capacity()}
     assert caps[2] == threads * 51
+
+
+def test_the_sync_facade_is_generated_from_the_async_one() -> None:
+    """client.py is aio.py without async/await (tools/async_to_sync.py --check)."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "tools" / "async_to_sync.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    sync_methods = {m for m in dir(idmint.IdMint) if not m.startswith("__")}
+    async_methods = {m for m in dir(idmint.AsyncIdMint) if not m.startswith("__")}
+    assert sync_methods == async_methods

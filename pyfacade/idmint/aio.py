@@ -1,5 +1,8 @@
-"""The asyncio facade, :class:`AsyncIdMint`: the same queries and mapping as :class:`IdMint`;
-only the executor differs."""
+"""The asyncio facade, :class:`AsyncIdMint`.
+
+Written by hand; tools/async_to_sync.py generates the sync facade (client.py) from it, so
+both share every line but async/await and psycopg's class names.
+"""
 
 from __future__ import annotations
 
@@ -30,16 +33,16 @@ DEFAULT_TTL = timedelta(minutes=5)
 
 
 class AsyncIdMint:
-    """idmint's asyncio facade: the API of :class:`idmint.IdMint`, every method ``async``.
+    """idmint's Python facade: one method per SQL function, results as frozen dataclasses.
 
     ``source`` is where connections come from; the constructor does no I/O:
 
     - a DSN (URL or ``key=value``): every call opens its own connection and closes it
-      afterwards (safe for concurrent tasks, nothing to close; for throughput pass a pool);
+      afterwards (safe for concurrent use, nothing to close; for throughput pass a pool);
     - a ``psycopg_pool.AsyncConnectionPool``: every call borrows a connection with
       ``pool.connection()``; the pool stays yours to open and close;
-    - a ``psycopg.AsyncConnection``: calls are serialised on it by an asyncio lock and each
-      runs in its own transaction, committed at once; if the connection is already inside a
+    - a ``psycopg.AsyncConnection``: calls are serialised on it by a lock and each runs in
+      its own transaction, committed at once; if the connection is already inside a
       transaction when a call starts, the call joins that transaction as with ``conn=``.
 
     Every method takes ``conn=``: it then runs on that connection inside the caller's
@@ -173,7 +176,7 @@ class AsyncIdMint:
     # -- migrations ------------------------------------------------------------------
 
     async def migrate(self, *, dsn: str | None = None, conn: Conn | None = None) -> list[str]:
-        """Apply pending migrations (yoyo, under its lock, in a worker thread); idempotent.
+        """Apply pending migrations (yoyo, under its lock); idempotent.
         Returns the ids applied. The migration opens its own connection: to ``dsn`` if
         given, else the client's DSN, else one derived from ``conn.info`` (of ``conn``, the
         client's connection or a connection borrowed from its pool). Run it against

@@ -1,4 +1,7 @@
-"""The synchronous facade, :class:`IdMint`."""
+"""The synchronous facade, :class:`IdMint`.
+
+GENERATED from aio.py by tools/async_to_sync.py: edit aio.py and run `make facade`.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ class IdMint:
     ``source`` is where connections come from; the constructor does no I/O:
 
     - a DSN (URL or ``key=value``): every call opens its own connection and closes it
-      afterwards (thread-safe, nothing to close; for throughput pass a pool instead);
+      afterwards (safe for concurrent use, nothing to close; for throughput pass a pool);
     - a ``psycopg_pool.ConnectionPool``: every call borrows a connection with
       ``pool.connection()``; the pool stays yours to open and close;
-    - a ``psycopg.Connection``: calls are serialised on it by a lock and each runs in its
-      own transaction, committed at once; if the connection is already inside a transaction
-      when a call starts, the call joins that transaction as with ``conn=``.
+    - a ``psycopg.Connection``: calls are serialised on it by a lock and each runs in
+      its own transaction, committed at once; if the connection is already inside a
+      transaction when a call starts, the call joins that transaction as with ``conn=``.
 
     Every method takes ``conn=``: it then runs on that connection inside the caller's
     transaction and never commits, rolls back, closes or retries.
@@ -79,7 +82,8 @@ class IdMint:
             self._pool = source
         else:
             raise TypeError(
-                "IdMint needs a DSN string, a psycopg.Connection or a psycopg_pool.ConnectionPool,"
+                "IdMint needs a DSN string, a psycopg.Connection or a"
+                " psycopg_pool.ConnectionPool,"
                 f" not {type(source).__name__}"
             )
         self._retry = RetryPolicy(attempts, backoff_base, backoff_cap)
@@ -171,11 +175,11 @@ class IdMint:
     # -- migrations ------------------------------------------------------------------
 
     def migrate(self, *, dsn: str | None = None, conn: Conn | None = None) -> list[str]:
-        """Apply pending migrations (yoyo, under its lock); idempotent. Returns the ids
-        applied. The migration opens its own connection: to ``dsn`` if given, else the
-        client's DSN, else one derived from ``conn.info`` (of ``conn``, the client's
-        connection or a connection borrowed from its pool). Run it against PostgreSQL
-        directly, not through PgBouncer."""
+        """Apply pending migrations (yoyo, under its lock); idempotent.
+        Returns the ids applied. The migration opens its own connection: to ``dsn`` if
+        given, else the client's DSN, else one derived from ``conn.info`` (of ``conn``, the
+        client's connection or a connection borrowed from its pool). Run it against
+        PostgreSQL directly, not through PgBouncer."""
         from .migrate import migrate as _migrate
 
         return _migrate(dsn or self._migration_dsn(conn))
