@@ -204,7 +204,7 @@ COMMENT ON TABLE idmint.entity_free IS
 -- made or undone by a trigger is recorded here for its transaction; at commit a deferred
 -- constraint trigger (sql/57) looks for the rows and undoes what was never stored. Rows
 -- live only inside their transaction: settled and deleted at its commit, gone with its
--- rollback.
+-- rollback (the rare leftovers of a settler fired early are deleted by the purge).
 CREATE TABLE idmint.pending_bindings (
     pending_id bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid        xid8        NOT NULL DEFAULT pg_current_xact_id(),
@@ -225,7 +225,7 @@ CREATE TABLE idmint.pending_bindings (
     awaiting_row boolean   NOT NULL DEFAULT false,
     prior      jsonb
 );
-CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, fleet_id, number) NULLS NOT DISTINCT;
+CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, number, fleet_id) NULLS NOT DISTINCT;
 COMMENT ON TABLE idmint.pending_bindings IS
     'Bindings made by the triggers in open transactions, checked against the stored rows at commit';
 
@@ -798,6 +798,12 @@ BEGIN
           WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
                                WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= at)
           FOR NO KEY UPDATE SKIP LOCKED) f;
+    -- Trigger bindings left by a committed transaction that settled none of them (its
+    -- settler was fired early by SET CONSTRAINTS ... IMMEDIATE): kept as if stored.
+    DELETE FROM idmint.pending_bindings p
+    WHERE p.pending_id IN (SELECT x.pending_id FROM idmint.pending_bindings x
+                           WHERE x.xid IS DISTINCT FROM pg_current_xact_id_if_assigned()
+                           FOR UPDATE SKIP LOCKED);
     IF locked IS NULL THEN
         RETURN 0;
     END IF;
@@ -969,7 +975,7 @@ AS $$
     -- to) and follows the row to its latest table.
     INSERT INTO idmint.pending_bindings AS p (kind, fleet_id, number, tbl, col, value, origin, stored, prior)
     VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
-    ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+    ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
     SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
         stored = p.stored OR excluded.stored
 $$;
@@ -1638,7 +1644,7 @@ BEGIN
         ), pend AS (
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
             SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
-            ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+            ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
             SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;
@@ -1957,7 +1963,10 @@ DECLARE
 BEGIN
     -- Fired inside a statement (SET CONSTRAINTS ... IMMEDIATE) rather than at commit or
     -- at a top-level SET CONSTRAINTS: the row may not be stored yet, so keep the binding.
-    IF pg_trigger_depth() > 1 THEN
+    -- Settled already by an earlier firing of this transaction: nothing to look up (one
+    -- firing per pending row; without this each would rescan the transaction's rows).
+    IF pg_trigger_depth() > 1
+       OR NEW.pending_id <= coalesce(nullif(current_setting('idmint.settled_upto', true), ''), '0')::bigint THEN
         RETURN NULL;
     END IF;
     FOR g IN
@@ -1970,6 +1979,7 @@ BEGIN
     END LOOP;
     IF cardinality(checked) > 0 THEN
         PERFORM idmint.settle_bindings(checked, stored);
+        PERFORM set_config('idmint.settled_upto', (SELECT max(x) FROM unnest(checked) AS x)::text, true);
     END IF;
     RETURN NULL;
 END

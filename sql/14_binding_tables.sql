@@ -5,7 +5,7 @@
 -- made or undone by a trigger is recorded here for its transaction; at commit a deferred
 -- constraint trigger (sql/57) looks for the rows and undoes what was never stored. Rows
 -- live only inside their transaction: settled and deleted at its commit, gone with its
--- rollback.
+-- rollback (the rare leftovers of a settler fired early are deleted by the purge).
 CREATE TABLE idmint.pending_bindings (
     pending_id bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid        xid8        NOT NULL DEFAULT pg_current_xact_id(),
@@ -26,6 +26,6 @@ CREATE TABLE idmint.pending_bindings (
     awaiting_row boolean   NOT NULL DEFAULT false,
     prior      jsonb
 );
-CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, fleet_id, number) NULLS NOT DISTINCT;
+CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, number, fleet_id) NULLS NOT DISTINCT;
 COMMENT ON TABLE idmint.pending_bindings IS
     'Bindings made by the triggers in open transactions, checked against the stored rows at commit';

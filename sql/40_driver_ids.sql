@@ -378,6 +378,12 @@ BEGIN
           WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
                                WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= at)
           FOR NO KEY UPDATE SKIP LOCKED) f;
+    -- Trigger bindings left by a committed transaction that settled none of them (its
+    -- settler was fired early by SET CONSTRAINTS ... IMMEDIATE): kept as if stored.
+    DELETE FROM idmint.pending_bindings p
+    WHERE p.pending_id IN (SELECT x.pending_id FROM idmint.pending_bindings x
+                           WHERE x.xid IS DISTINCT FROM pg_current_xact_id_if_assigned()
+                           FOR UPDATE SKIP LOCKED);
     IF locked IS NULL THEN
         RETURN 0;
     END IF;

@@ -74,7 +74,7 @@ AS $$
     -- to) and follows the row to its latest table.
     INSERT INTO idmint.pending_bindings AS p (kind, fleet_id, number, tbl, col, value, origin, stored, prior)
     VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
-    ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+    ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
     SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
         stored = p.stored OR excluded.stored
 $$;

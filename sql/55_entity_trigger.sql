@@ -67,7 +67,7 @@ BEGIN
         ), pend AS (
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
             SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
-            ON CONFLICT (xid, kind, fleet_id, number) DO UPDATE
+            ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
             SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;

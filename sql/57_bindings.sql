@@ -135,7 +135,10 @@ DECLARE
 BEGIN
     -- Fired inside a statement (SET CONSTRAINTS ... IMMEDIATE) rather than at commit or
     -- at a top-level SET CONSTRAINTS: the row may not be stored yet, so keep the binding.
-    IF pg_trigger_depth() > 1 THEN
+    -- Settled already by an earlier firing of this transaction: nothing to look up (one
+    -- firing per pending row; without this each would rescan the transaction's rows).
+    IF pg_trigger_depth() > 1
+       OR NEW.pending_id <= coalesce(nullif(current_setting('idmint.settled_upto', true), ''), '0')::bigint THEN
         RETURN NULL;
     END IF;
     FOR g IN
@@ -148,6 +151,7 @@ BEGIN
     END LOOP;
     IF cardinality(checked) > 0 THEN
         PERFORM idmint.settle_bindings(checked, stored);
+        PERFORM set_config('idmint.settled_upto', (SELECT max(x) FROM unnest(checked) AS x)::text, true);
     END IF;
     RETURN NULL;
 END
