@@ -471,7 +471,7 @@ AS $$
 DECLARE
     f idmint.fleets;
     reserving constant boolean := reserve_ttl IS NOT NULL;
-    at constant timestamptz := clock_timestamp();
+    at timestamptz;
     prior integer;
     reuse integer[];
     n_reuse integer;
@@ -479,6 +479,7 @@ DECLARE
     active_reserved integer := 0;
 BEGIN
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
+    at := clock_timestamp();  -- after the lock: a reservation lives its ttl from when it is made
 
     IF _issue.request_key IS NOT NULL THEN
         SELECT d.number INTO prior
@@ -692,13 +693,17 @@ END
 $$;
 COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock its fleet row; fleet_id NULL if no such fleet';
 
--- The holder rule of confirm and release: a reservation that named its holder
--- (holder_named) answers only to a call presenting the same reserved_by; one made without
--- answers to any call. An expired reservation answers to nobody.
+-- The holder rule of confirm and release: a call presenting reserved_by acts only on what
+-- that holder reserved; a call presenting none, only on what was reserved (or assigned)
+-- without naming a holder. So a holder whose reservation expired never gets the number
+-- that someone else then reserved or was assigned.
 CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT NOT d.holder_named OR d.reserved_by IS NOT DISTINCT FROM reserved_by $$;
+AS $$
+    SELECT CASE WHEN reserved_by IS NULL THEN NOT d.holder_named
+                ELSE d.holder_named AND d.reserved_by = reserved_by END
+$$;
 COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
     'True when a call presenting reserved_by may act on this reservation (the holder rule)';
 
@@ -759,12 +764,14 @@ BEGIN
         RETURN false;
     END IF;
     SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
-    IF d.state = 'assigned' THEN
+    IF NOT idmint._holds(d, reserved_by) THEN
+        RETURN false;  -- another holder's: nothing changes
+    ELSIF d.state = 'assigned' THEN
         PERFORM idmint._error('immutable_id',
             format('driver id %s is assigned and cannot be released',
                    idmint._format_driver_id(d.number, target.code)),
             'assigned driver ids are permanent');
-    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() AND idmint._holds(d, reserved_by) THEN
+    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() THEN
         UPDATE idmint.driver_numbers x
         SET state = 'free', request_key = NULL, reserved_by = NULL, holder_named = false,
             reserved_at = NULL, expires_at = NULL
@@ -964,6 +971,26 @@ AS $$ SELECT coalesce(pg_partition_root(rel), rel::regclass) $$;
 COMMENT ON FUNCTION idmint._binding_table(oid) IS
     'The table whose rows a trigger binding is checked against: the partition root, else the table itself';
 
+-- Before recording pending bindings: keep their settling at commit. A session may have
+-- said SET CONSTRAINTS ALL IMMEDIATE; the settler would then fire at the end of the
+-- INSERT below, inside idmint's SECURITY DEFINER function (as the owner, before the app's
+-- row is stored). Also checks that tbl is a table (ID003). Run by every bind and unbind.
+CREATE FUNCTION idmint._prepare_binding(tbl regclass, col text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR col = ''
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind IN ('r', 'p')) THEN
+        PERFORM idmint._error('invalid_argument',
+            format('%s.%s is not a table column idmint can bind to', coalesce(tbl::text, 'NULL'), coalesce(col, 'NULL')));
+    END IF;
+    SET CONSTRAINTS idmint.settle_at_commit DEFERRED;
+END
+$$;
+COMMENT ON FUNCTION idmint._prepare_binding(regclass, text) IS
+    'Check a binding''s table and keep the settling of pending bindings deferred to commit';
+
 -- Record a provisional binding of the calling transaction (settled at its commit).
 CREATE FUNCTION idmint._pend_binding(kind text, fleet_id uuid, number integer, tbl regclass, col text,
                                      value text, origin text, prior jsonb DEFAULT NULL)
@@ -993,9 +1020,8 @@ DECLARE
     issued record;
     normalized text;
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR col = '' THEN
-        PERFORM idmint._error('invalid_argument', 'bind_driver_id(): tbl and col must not be NULL');
-    ELSIF fleet IS NULL THEN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF fleet IS NULL THEN
         PERFORM idmint._error('invalid_argument', format('assign_driver_id(): column %I is NULL', col),
                               'every driver row needs its fleet');
     END IF;
@@ -1054,7 +1080,8 @@ AS $$
 DECLARE
     target record;
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR NOT idmint.is_valid_driver_id(driver_id) THEN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF NOT idmint.is_valid_driver_id(driver_id) THEN
         RETURN;  -- a row whose value idmint never issued carries nothing to unbind
     END IF;
     target := idmint._lock_fleet_of(driver_id);
@@ -1597,8 +1624,9 @@ DECLARE
     i integer;
     result text[] := numbers;
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR col = '' OR numbers IS NULL THEN
-        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): tbl, col and numbers must not be NULL');
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF numbers IS NULL THEN
+        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must not be NULL');
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
     END IF;
@@ -1676,7 +1704,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         RETURN;  -- a value idmint never issued carries nothing to unbind
     END IF;
     UPDATE idmint.entity_numbers e SET bound_at = NULL

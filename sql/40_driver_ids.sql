@@ -51,7 +51,7 @@ AS $$
 DECLARE
     f idmint.fleets;
     reserving constant boolean := reserve_ttl IS NOT NULL;
-    at constant timestamptz := clock_timestamp();
+    at timestamptz;
     prior integer;
     reuse integer[];
     n_reuse integer;
@@ -59,6 +59,7 @@ DECLARE
     active_reserved integer := 0;
 BEGIN
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
+    at := clock_timestamp();  -- after the lock: a reservation lives its ttl from when it is made
 
     IF _issue.request_key IS NOT NULL THEN
         SELECT d.number INTO prior
@@ -272,13 +273,17 @@ END
 $$;
 COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock its fleet row; fleet_id NULL if no such fleet';
 
--- The holder rule of confirm and release: a reservation that named its holder
--- (holder_named) answers only to a call presenting the same reserved_by; one made without
--- answers to any call. An expired reservation answers to nobody.
+-- The holder rule of confirm and release: a call presenting reserved_by acts only on what
+-- that holder reserved; a call presenting none, only on what was reserved (or assigned)
+-- without naming a holder. So a holder whose reservation expired never gets the number
+-- that someone else then reserved or was assigned.
 CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT NOT d.holder_named OR d.reserved_by IS NOT DISTINCT FROM reserved_by $$;
+AS $$
+    SELECT CASE WHEN reserved_by IS NULL THEN NOT d.holder_named
+                ELSE d.holder_named AND d.reserved_by = reserved_by END
+$$;
 COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
     'True when a call presenting reserved_by may act on this reservation (the holder rule)';
 
@@ -339,12 +344,14 @@ BEGIN
         RETURN false;
     END IF;
     SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
-    IF d.state = 'assigned' THEN
+    IF NOT idmint._holds(d, reserved_by) THEN
+        RETURN false;  -- another holder's: nothing changes
+    ELSIF d.state = 'assigned' THEN
         PERFORM idmint._error('immutable_id',
             format('driver id %s is assigned and cannot be released',
                    idmint._format_driver_id(d.number, target.code)),
             'assigned driver ids are permanent');
-    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() AND idmint._holds(d, reserved_by) THEN
+    ELSIF d.state = 'reserved' AND d.expires_at > clock_timestamp() THEN
         UPDATE idmint.driver_numbers x
         SET state = 'free', request_key = NULL, reserved_by = NULL, holder_named = false,
             reserved_at = NULL, expires_at = NULL

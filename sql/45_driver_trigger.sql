@@ -63,6 +63,26 @@ AS $$ SELECT coalesce(pg_partition_root(rel), rel::regclass) $$;
 COMMENT ON FUNCTION idmint._binding_table(oid) IS
     'The table whose rows a trigger binding is checked against: the partition root, else the table itself';
 
+-- Before recording pending bindings: keep their settling at commit. A session may have
+-- said SET CONSTRAINTS ALL IMMEDIATE; the settler would then fire at the end of the
+-- INSERT below, inside idmint's SECURITY DEFINER function (as the owner, before the app's
+-- row is stored). Also checks that tbl is a table (ID003). Run by every bind and unbind.
+CREATE FUNCTION idmint._prepare_binding(tbl regclass, col text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tbl IS NULL OR col IS NULL OR col = ''
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind IN ('r', 'p')) THEN
+        PERFORM idmint._error('invalid_argument',
+            format('%s.%s is not a table column idmint can bind to', coalesce(tbl::text, 'NULL'), coalesce(col, 'NULL')));
+    END IF;
+    SET CONSTRAINTS idmint.settle_at_commit DEFERRED;
+END
+$$;
+COMMENT ON FUNCTION idmint._prepare_binding(regclass, text) IS
+    'Check a binding''s table and keep the settling of pending bindings deferred to commit';
+
 -- Record a provisional binding of the calling transaction (settled at its commit).
 CREATE FUNCTION idmint._pend_binding(kind text, fleet_id uuid, number integer, tbl regclass, col text,
                                      value text, origin text, prior jsonb DEFAULT NULL)
@@ -92,9 +112,8 @@ DECLARE
     issued record;
     normalized text;
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR col = '' THEN
-        PERFORM idmint._error('invalid_argument', 'bind_driver_id(): tbl and col must not be NULL');
-    ELSIF fleet IS NULL THEN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF fleet IS NULL THEN
         PERFORM idmint._error('invalid_argument', format('assign_driver_id(): column %I is NULL', col),
                               'every driver row needs its fleet');
     END IF;
@@ -153,7 +172,8 @@ AS $$
 DECLARE
     target record;
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR NOT idmint.is_valid_driver_id(driver_id) THEN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF NOT idmint.is_valid_driver_id(driver_id) THEN
         RETURN;  -- a row whose value idmint never issued carries nothing to unbind
     END IF;
     target := idmint._lock_fleet_of(driver_id);

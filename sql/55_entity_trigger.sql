@@ -20,8 +20,9 @@ DECLARE
     i integer;
     result text[] := numbers;
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR col = '' OR numbers IS NULL THEN
-        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): tbl, col and numbers must not be NULL');
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF numbers IS NULL THEN
+        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must not be NULL');
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
     END IF;
@@ -99,7 +100,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF tbl IS NULL OR col IS NULL OR number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         RETURN;  -- a value idmint never issued carries nothing to unbind
     END IF;
     UPDATE idmint.entity_numbers e SET bound_at = NULL

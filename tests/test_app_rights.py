@@ -112,3 +112,27 @@ def test_an_app_role_cannot_issue_more_than_the_cap_through_the_trigger_helpers(
             " array_fill(NULL::text, ARRAY[100001]), 'backfill')"
         )
     assert scalar(app, "SELECT issued FROM idmint.entity_capacity WHERE prefix = 1") == 0
+
+
+def test_calling_the_trigger_helpers_directly_runs_no_app_code_as_the_owner(
+    db: psycopg.Connection, app: psycopg.Connection
+) -> None:
+    """With SET CONSTRAINTS ALL IMMEDIATE the commit-time settler would fire inside the
+    helper (SECURITY DEFINER) and look at the app's table as the owner."""
+    role = scalar(app, "SELECT current_user")
+    app.execute(SPIES)
+    app.execute("CREATE TABLE app.bare (driver_id app.driver_code, pn app.part_code)")
+    app.execute("CREATE VIEW app.peek AS SELECT app.spy('view') AS c")
+    for call in (
+        "SELECT idmint.bind_driver_id('app.bare', 'driver_id', 'AAA', NULL)",
+        "SELECT idmint.bind_entity_numbers('app.bare', 'pn', 'part', ARRAY[NULL])",
+        "SELECT idmint.unbind_driver_id('app.bare', 'driver_id', 'DRV-001AAA')",
+    ):
+        with app.transaction():
+            app.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            app.execute(call)
+    with raises_sqlstate("ID003"):
+        app.execute("SELECT idmint.bind_driver_id('app.peek', 'c', 'AAA', NULL)")
+    assert {who for (who,) in app.execute("SELECT who FROM app.spy_log")} <= {role}
+    assert scalar(db, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", [role]) is False
+    assert scalar(db, "SELECT count(*) FROM idmint.pending_bindings") == 0

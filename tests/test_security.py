@@ -262,8 +262,9 @@ def test_objects_named_like_internals_change_nothing(
     rid = scalar(c, "SELECT idmint.reserve_driver_id('AAA', 'me', '1 hour')")
     assert rid == "DRV-004AAA"
     assert scalar(c, "SELECT idmint.confirm_driver_id('drv-004aaa', 'me')") == "DRV-004AAA"
+    assert scalar(c, "SELECT idmint.release_driver_id('DRV-004AAA')") is False  # me's
     with raises_sqlstate("ID007"):
-        c.execute("SELECT idmint.release_driver_id('DRV-004AAA')")
+        c.execute("SELECT idmint.release_driver_id('DRV-004AAA', 'me')")
     assert scalar(c, "SELECT idmint.purge_expired_reservations()") == 0
     assert scalar(c, "SELECT (idmint.add_fleet('Shadow', 'SHD')).code") == "SHD"
     with raises_sqlstate("ID003"):
