@@ -124,8 +124,9 @@ async def test_reservations(mint: idmint.AsyncIdMint) -> None:
     held = await mint.reserve_driver_id("ABC")
     assert await mint.release_driver_id(held) is True
     assert await mint.release_driver_id(held) is False
+    assert await mint.release_driver_id(rid) is False  # held by "form"
     with pytest.raises(idmint.ImmutableIdError):
-        await mint.release_driver_id(rid)
+        await mint.release_driver_id(rid, "form")
     await mint.reserve_driver_id("ABC", ttl=timedelta(microseconds=1))
     assert await mint.purge_expired_reservations() == 1
 

@@ -4,7 +4,6 @@
 errors are :class:`IdmintError` subclasses, results frozen dataclasses.
 """
 
-from ._queries import EntityCapacity, EntityType, Fleet, FleetCapacity, ParsedDriverId
 from .aio import AsyncIdMint
 from .client import IdMint
 from .errors import (
@@ -20,6 +19,14 @@ from .errors import (
     UnknownEntityTypeError,
     UnknownFleetError,
 )
+from .types import (
+    CapacityReport,
+    EntityCapacity,
+    EntityType,
+    Fleet,
+    FleetCapacity,
+    ParsedDriverId,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +34,7 @@ __all__ = [
     "ERRORS",
     "AlreadyTakenError",
     "AsyncIdMint",
+    "CapacityReport",
     "ConcurrencyError",
     "EntityCapacity",
     "EntityRangeExhaustedError",

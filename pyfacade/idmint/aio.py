@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import IsolationLevel, pq
-from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from . import _queries as Q
+from . import queries as Q
 from .errors import translate
 from .metrics import recorder
 from .retry import RetryPolicy, dsn_of, isolation_statement, sqlstate_of
+from .types import CapacityReport, EntityCapacity, EntityType, Fleet, FleetCapacity, ParsedDriverId
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -113,7 +113,7 @@ class AsyncIdMint:
             self._metrics.call(query.operation, time.perf_counter() - start)
 
     async def _execute(self, conn: Conn, query: Q.Query[T], params: tuple[Any, ...]) -> T:
-        async with conn.cursor(row_factory=tuple_row) as cur:
+        async with conn.cursor(row_factory=query.rows) as cur:
             await cur.execute(query.sql, params, prepare=self._prepare)
             return query.result(await cur.fetchall())
 
@@ -206,7 +206,7 @@ class AsyncIdMint:
         fleet_id: uuid.UUID | None = None,
         *,
         conn: Conn | None = None,
-    ) -> Q.Fleet:
+    ) -> Fleet:
         """Create a fleet (``idmint.add_fleet``); ``code``/``fleet_id`` None: generated."""
         return await self._call(Q.ADD_FLEET, (name, code, max_drivers, fleet_id), conn)
 
@@ -269,9 +269,7 @@ class AsyncIdMint:
         """Format check of ``DRV-XXXYYY`` (case-insensitive); never raises ID00x."""
         return await self._call(Q.IS_VALID_DRIVER_ID, (driver_id,), conn)
 
-    async def parse_driver_id(
-        self, driver_id: str, *, conn: Conn | None = None
-    ) -> Q.ParsedDriverId:
+    async def parse_driver_id(self, driver_id: str, *, conn: Conn | None = None) -> ParsedDriverId:
         """Split a driver id into number and fleet code; ID003 if malformed."""
         return await self._call(Q.PARSE_DRIVER_ID, (driver_id,), conn)
 
@@ -301,16 +299,23 @@ class AsyncIdMint:
 
     async def add_entity_type(
         self, prefix: int, name: str, *, conn: Conn | None = None
-    ) -> Q.EntityType:
+    ) -> EntityType:
         """Register an entity type (prefix 1..9); ID004 if prefix or name is taken."""
         return await self._call(Q.ADD_ENTITY_TYPE, (prefix, name), conn)
 
     # -- capacity --------------------------------------------------------------------
 
-    async def fleet_capacity(self, *, conn: Conn | None = None) -> list[Q.FleetCapacity]:
+    async def fleet_capacity(self, *, conn: Conn | None = None) -> list[FleetCapacity]:
         """Every fleet's assigned, reserved and free numbers (``idmint.fleet_capacity``)."""
         return await self._call(Q.FLEET_CAPACITY, (), conn)
 
-    async def entity_capacity(self, *, conn: Conn | None = None) -> list[Q.EntityCapacity]:
+    async def capacity_report(
+        self, window: timedelta = timedelta(days=7), *, conn: Conn | None = None
+    ) -> list[CapacityReport]:
+        """Every fleet and entity type: capacity, use, allocations per day over ``window``
+        and the projected exhaustion (``exhausted_at`` None: never)."""
+        return await self._call(Q.CAPACITY_REPORT, (window,), conn)
+
+    async def entity_capacity(self, *, conn: Conn | None = None) -> list[EntityCapacity]:
         """Every entity type's issued and free numbers (``idmint.entity_capacity``)."""
         return await self._call(Q.ENTITY_CAPACITY, (), conn)

@@ -17,6 +17,7 @@ import select
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta, timezone
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import psycopg
 
 from . import __version__
+from ._render import format_table, pct, render_status
+from .errors import IdmintError
 
 if TYPE_CHECKING:
     from .client import IdMint
@@ -67,6 +70,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid uuid {text!r}") from None
 
 
 def _int(text: str) -> int:
@@ -149,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name", metavar="NAME")
     c.add_argument("--code", metavar="C", help="3-character code (default: a random free one)")
     c.add_argument(
-        "--max-drivers", type=_int, default=None, metavar="N", help="1..999 (default 999)"
+        "--max-drivers", type=_int, default=999, metavar="N", help="1..999 (default 999)"
     )
-    c.add_argument("--fleet-id", metavar="UUID", help="the application's own fleet id")
+    c.add_argument("--fleet-id", type=_uuid, metavar="UUID", help="the application's own fleet id")
     c.set_defaults(func=cmd_fleet_add)
     c = fsub.add_parser(
         "list", help="list fleets with their capacity", description="List fleets (a table)."
@@ -255,51 +265,11 @@ def _client(dsn: str) -> IdMint:
 
 @contextmanager
 def _mint(args: argparse.Namespace) -> Iterator[IdMint]:
-    mint = _client(resolve_dsn(args))
-    try:
-        yield mint
-    finally:
-        close = getattr(mint, "close", None)
-        if callable(close):
-            close()
+    yield _client(resolve_dsn(args))
 
 
 def out(line: object = "", stream: TextIO | None = None) -> None:
     print(line, file=stream or sys.stdout, flush=True)
-
-
-def format_table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()
-) -> list[str]:
-    """Aligned columns under a rule; numbers and the `right` columns are right-aligned."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    align_right = [
-        i in right
-        or (bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows))
-        for i in range(len(headers))
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if r else v.ljust(w)
-            for v, w, r in zip(values, widths, align_right, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    return [line(list(headers)), line(["-" * w for w in widths]), *(line(r) for r in cells)]
-
-
-def _cell(v: object) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return str(v)
-
-
-def _pct(v: float | None) -> str:
-    return "" if v is None else f"{100.0 * v:.1f}%"
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -327,70 +297,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-REPORT_FIELDS = (
-    "scope", "key", "name", "capacity", "used", "reserved", "free",
-    "utilization", "per_day", "exhausted_at",
-)  # fmt: skip
-
-
-def capacity_report(mint: Any, dsn: str, window: timedelta) -> list[dict[str, Any]]:
-    """Rows of idmint.capacity_report(window) as dicts (through the facade if it has it)."""
-    method = getattr(mint, "capacity_report", None)
-    if callable(method):
-        rows: list[Any] = list(method(window=window))
-        return [_as_dict(r) for r in rows]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(
-            "SELECT scope, key, name, capacity, used, reserved, free, utilization, per_day,"
-            " exhausted_at FROM idmint.capacity_report(%s)",
-            (window,),
-        )
-        return [dict(zip(REPORT_FIELDS, r, strict=True)) for r in cur.fetchall()]
-
-
-def _as_dict(row: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        d = dataclasses.asdict(row)
-    elif isinstance(row, dict):
-        d = dict(row)
-    else:
-        d = {f: getattr(row, f) for f in REPORT_FIELDS}
-    return {f: d.get(f) for f in REPORT_FIELDS}
-
-
-def _exhaustion(value: object) -> str:
-    if value is None:
-        return "never"
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).date().isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)
-
-
-def render_status(rows: Sequence[dict[str, Any]]) -> list[str]:
-    headers = (
-        "SCOPE", "KEY", "NAME", "CAPACITY", "USED", "RESERVED", "FREE", "UTIL",
-        "PER_DAY", "EXHAUSTED",
-    )  # fmt: skip
-    table: list[list[object]] = [
-        [
-            r["scope"],
-            r["key"],
-            r["name"],
-            r["capacity"],
-            r["used"],
-            r["reserved"],
-            r["free"],
-            _pct(r["utilization"]),
-            None if r["per_day"] is None else round(float(r["per_day"]), 2),
-            _exhaustion(r["exhausted_at"]),
-        ]
-        for r in rows
-    ]
-    return format_table(headers, table, right=(7, 9))
-
-
 def _json_default(v: object) -> object:
     if isinstance(v, (datetime, date)):
         return v.isoformat()
@@ -400,11 +306,10 @@ def _json_default(v: object) -> object:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    dsn = resolve_dsn(args)
     with _mint(args) as mint:
-        rows = capacity_report(mint, dsn, args.window)
+        rows = mint.capacity_report(args.window)
     if args.json:
-        doc = [dict(r) for r in rows]
+        doc = [dataclasses.asdict(r) for r in rows]
         for r in doc:
             if isinstance(r.get("exhausted_at"), datetime):
                 r["exhausted_at"] = r["exhausted_at"].astimezone(timezone.utc).isoformat()
@@ -416,15 +321,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_add(args: argparse.Namespace) -> int:
-    kwargs: dict[str, Any] = {}
-    if args.code is not None:
-        kwargs["code"] = args.code
-    if args.max_drivers is not None:
-        kwargs["max_drivers"] = args.max_drivers
-    if args.fleet_id is not None:
-        kwargs["fleet_id"] = args.fleet_id
     with _mint(args) as mint:
-        fleet = mint.add_fleet(args.name, **kwargs)
+        fleet = mint.add_fleet(
+            args.name, code=args.code, max_drivers=args.max_drivers, fleet_id=args.fleet_id
+        )
     out(f"{fleet.code}\t{fleet.fleet_id}")
     return EXIT_OK
 
@@ -440,7 +340,7 @@ def cmd_fleet_list(args: argparse.Namespace) -> int:
             f.assigned,
             f.reserved,
             f.free,
-            _pct(f.utilization),
+            pct(f.utilization),
             str(f.fleet_id),
         ]
         for f in fleets
@@ -451,15 +351,18 @@ def cmd_fleet_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class UsageError(Exception):
+    """A combination of arguments the parser cannot check by itself (exit 2)."""
+
+
 def cmd_driver_id(args: argparse.Namespace) -> int:
+    if args.request_key is not None and args.n != 1:
+        raise UsageError("argument --request-key: works with -n 1 only")
     with _mint(args) as mint:
         if args.n == 1:
-            if args.request_key is not None:
-                ids = [mint.next_driver_id(args.fleet, request_key=args.request_key)]
-            else:
-                ids = [mint.next_driver_id(args.fleet)]
+            ids = [mint.next_driver_id(args.fleet, request_key=args.request_key)]
         else:
-            ids = list(mint.next_driver_ids(args.fleet, args.n))
+            ids = mint.next_driver_ids(args.fleet, args.n)
     for i in ids:
         out(i)
     return EXIT_OK
@@ -558,7 +461,7 @@ def _cleanup_loop(mint: Any, every: float) -> int:
         while not stop.received:
             try:
                 purged = mint.purge_expired_reservations()
-            except (psycopg.Error, _idmint_error_class()) as e:
+            except (psycopg.Error, IdmintError) as e:
                 if runs == 0:
                     raise  # a bad DSN or an unmigrated database: fail at once
                 out(f"{_now()} run failed: {_describe(e)}", sys.stderr)
@@ -587,18 +490,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- errors and main ---------------------------------------------------------------------------
 
 
-class _UsageError(Exception):
-    pass
-
-
-def _idmint_error_class() -> type[Exception]:
-    try:
-        from .errors import IdmintError
-    except ImportError:  # pragma: no cover - errors.py ships with the package
-        return _UsageError
-    return IdmintError
-
-
 def _describe(e: BaseException) -> str:
     state = getattr(e, "sqlstate", None) or ""
     text = str(getattr(e, "message", None) or e).strip()
@@ -621,14 +512,12 @@ def report_error(e: BaseException, stream: TextIO | None = None) -> int:
     """Print an expected error in idmint's format; returns the exit code."""
     err = stream or sys.stderr
     lines: list[str] = []
-    IdmintError = _idmint_error_class()
     if isinstance(e, IdmintError):
-        state = getattr(e, "sqlstate", None) or "ID000"
-        lines.append(f"idmint: error {state}: {getattr(e, 'message', str(e))}")
-        if getattr(e, "detail", None):
-            lines.append(f"DETAIL: {e.detail}")  # type: ignore[attr-defined]
-        if getattr(e, "hint", None):
-            lines.append(f"HINT: {e.hint}")  # type: ignore[attr-defined]
+        lines.append(f"idmint: error {e.sqlstate}: {e.message}")
+        if e.detail:
+            lines.append(f"DETAIL: {e.detail}")
+        if e.hint:
+            lines.append(f"HINT: {e.hint}")
         code = EXIT_ERROR
     elif isinstance(e, psycopg.Error):
         connection = _is_connection_error(e)
@@ -650,9 +539,6 @@ def report_error(e: BaseException, stream: TextIO | None = None) -> int:
         if hint:
             lines.append(f"HINT: {hint}")
         code = EXIT_CONNECTION if connection else EXIT_ERROR
-    elif isinstance(e, _UsageError):
-        lines.append(f"idmint: error: {e}")
-        code = EXIT_USAGE
     else:
         lines.append(f"idmint: error: {e}")
         code = EXIT_ERROR
@@ -666,17 +552,17 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     from ._cluster import ClusterError
 
-    return (psycopg.Error, _idmint_error_class(), _UsageError, ClusterError, LockTimeout, OSError)
+    return (psycopg.Error, IdmintError, ClusterError, LockTimeout, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "request_key", None) is not None and args.n != 1:
-        parser.error("argument --request-key: works with -n 1 only")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except UsageError as e:
+        parser.error(str(e))
     except KeyboardInterrupt:
         print("idmint: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED

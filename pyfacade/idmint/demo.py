@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from ._cluster import LocalCluster
+from ._render import render_status
 from .client import IdMint
 from .errors import IdmintError
 from .migrate import migrate
@@ -126,9 +127,7 @@ def run_demo(stream: TextIO | None = None) -> int:
 
             say()
             say("5. Status (idmint status): capacity and projected exhaustion")
-            from .cli import capacity_report, render_status
-
-            for line in render_status(capacity_report(mint, cluster.dsn, timedelta(days=7))):
+            for line in render_status(mint.capacity_report(timedelta(days=7))):
                 say(f"  {line}")
 
             say()

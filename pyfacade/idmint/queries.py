@@ -1,6 +1,7 @@
 """The one place the facade's SQL lives: each operation is one call of one SQL function (or
-one read of a view), with the mapping of its rows to the Python result. The sync and async
-clients share these and differ only in how they execute them.
+one read of a view), with the psycopg row factory that maps its rows to the Python result
+(idmint.types). The sync and async clients share these and differ only in how they
+execute them.
 
 Arguments are passed positionally (so the Python keyword names, which mirror the SQL
 parameter names, are checked once, here). A fleet given as ``uuid.UUID`` is sent as
@@ -11,128 +12,23 @@ as text; ``None`` resolves to the text overload, which treats it as the SQL NULL
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from psycopg import sql
+from psycopg.rows import RowFactory, class_row, scalar_row
+
+from .types import (
+    CapacityReport,
+    EntityCapacity,
+    EntityType,
+    Fleet,
+    FleetCapacity,
+    ParsedDriverId,
+)
 
 T = TypeVar("T")
-Row = tuple[Any, ...]
-
-# ---------------------------------------------------------------------------------------
-# Results (frozen dataclasses)
-
-
-@dataclass(frozen=True)
-class Fleet:
-    """A fleet as returned by ``idmint.add_fleet``."""
-
-    fleet_id: uuid.UUID
-    code: str
-    name: str
-    max_drivers: int
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class ParsedDriverId:
-    """``idmint.parse_driver_id``: the number within the fleet and the upper-case fleet code."""
-
-    number: int
-    fleet_code: str
-
-
-@dataclass(frozen=True)
-class EntityType:
-    """A registered entity type: ``prefix`` 1..9 (first digit of its numbers) and ``name``."""
-
-    prefix: int
-    name: str
-
-
-@dataclass(frozen=True)
-class FleetCapacity:
-    """A row of ``idmint.fleet_capacity``; ``utilization`` is a fraction 0..1."""
-
-    fleet_id: uuid.UUID
-    code: str
-    name: str
-    max_drivers: int
-    assigned: int
-    reserved: int
-    free: int
-    utilization: float
-
-
-@dataclass(frozen=True)
-class EntityCapacity:
-    """A row of ``idmint.entity_capacity``; ``utilization`` is a fraction 0..1."""
-
-    prefix: int
-    name: str
-    issued: int
-    capacity: int
-    free: int
-    utilization: float
-
-
-# ---------------------------------------------------------------------------------------
-# Row mappings
-
-
-def _scalar(rows: list[Row]) -> Any:
-    return rows[0][0]
-
-
-def _text(rows: list[Row]) -> str:
-    return str(_scalar(rows))
-
-
-def _int(rows: list[Row]) -> int:
-    return int(_scalar(rows))
-
-
-def _bool(rows: list[Row]) -> bool:
-    return bool(_scalar(rows))
-
-
-def _texts(rows: list[Row]) -> list[str]:
-    return [str(r[0]) for r in rows]
-
-
-def _entity_type(rows: list[Row]) -> EntityType:
-    prefix, name = rows[0]
-    return EntityType(prefix, name)
-
-
-def _fleet(rows: list[Row]) -> Fleet:
-    fleet_id, code, name, max_drivers, created_at = rows[0]
-    return Fleet(fleet_id, code, name, max_drivers, created_at)
-
-
-def _parsed(rows: list[Row]) -> ParsedDriverId:
-    number, fleet_code = rows[0]
-    return ParsedDriverId(number, fleet_code)
-
-
-def _fleet_capacity(rows: list[Row]) -> list[FleetCapacity]:
-    return [
-        FleetCapacity(
-            r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7] or 0)
-        )
-        for r in rows
-    ]
-
-
-def _entity_capacity(rows: list[Row]) -> list[EntityCapacity]:
-    return [
-        EntityCapacity(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5] or 0))
-        for r in rows
-    ]
-
 
 # ---------------------------------------------------------------------------------------
 # The table of queries
@@ -141,94 +37,97 @@ def _entity_capacity(rows: list[Row]) -> list[EntityCapacity]:
 @dataclass(frozen=True)
 class Query(Generic[T]):
     """One statement the facade sends: ``operation`` names it (method name, metrics label),
-    ``sql`` has positional ``%s`` placeholders, ``result`` maps all fetched rows."""
+    ``sql`` has positional ``%s`` placeholders, ``rows`` makes each row a Python value and
+    ``result`` turns the list of them into what the method returns."""
 
     operation: str
     sql: sql.SQL
-    result: Callable[[list[Row]], T]
+    rows: RowFactory[Any]
+    result: Callable[[list[Any]], T]
 
 
-ADD_FLEET = Query(
+def _one(rows: list[Any]) -> Any:
+    return rows[0]
+
+
+def _all(rows: list[Any]) -> list[Any]:
+    return rows
+
+
+def one(operation: str, query: str, rows: RowFactory[T] = scalar_row) -> Query[T]:
+    """A statement whose one row is the result (a scalar unless ``rows`` says otherwise)."""
+    return Query(operation, sql.SQL(query), rows, _one)
+
+
+def every(operation: str, query: str, rows: RowFactory[T] = scalar_row) -> Query[list[T]]:
+    """A statement whose rows, in order, are the result."""
+    return Query(operation, sql.SQL(query), rows, _all)
+
+
+ADD_FLEET = one(
     "add_fleet",
-    sql.SQL(
-        "SELECT f.fleet_id, f.code, f.name, f.max_drivers, f.created_at"
-        " FROM idmint.add_fleet(%s, %s, %s, %s) AS f"
-    ),
-    _fleet,
+    "SELECT f.fleet_id, f.code, f.name, f.max_drivers, f.created_at"
+    " FROM idmint.add_fleet(%s, %s, %s, %s) AS f",
+    class_row(Fleet),
 )
-GEN_FLEET_CODE = Query("gen_fleet_code", sql.SQL("SELECT idmint.gen_fleet_code()"), _text)
-NEXT_DRIVER_ID = Query(
-    "next_driver_id", sql.SQL("SELECT idmint.next_driver_id(%s, %s::text)"), _text
-)
-NEXT_DRIVER_IDS = Query(
+GEN_FLEET_CODE: Query[str] = one("gen_fleet_code", "SELECT idmint.gen_fleet_code()")
+NEXT_DRIVER_ID: Query[str] = one("next_driver_id", "SELECT idmint.next_driver_id(%s, %s::text)")
+NEXT_DRIVER_IDS: Query[list[str]] = every(
     "next_driver_ids",
-    sql.SQL(
-        "SELECT t.id FROM idmint.next_driver_ids(%s, %s) WITH ORDINALITY AS t(id, i) ORDER BY t.i"
-    ),
-    _texts,
+    "SELECT t.id FROM idmint.next_driver_ids(%s, %s) WITH ORDINALITY AS t(id, i) ORDER BY t.i",
 )
-RESERVE_DRIVER_ID = Query(
-    "reserve_driver_id",
-    sql.SQL("SELECT idmint.reserve_driver_id(%s, %s::text, %s::interval)"),
-    _text,
+RESERVE_DRIVER_ID: Query[str] = one(
+    "reserve_driver_id", "SELECT idmint.reserve_driver_id(%s, %s::text, %s::interval)"
 )
-CONFIRM_DRIVER_ID = Query(
-    "confirm_driver_id", sql.SQL("SELECT idmint.confirm_driver_id(%s, %s::text)"), _text
+CONFIRM_DRIVER_ID: Query[str] = one(
+    "confirm_driver_id", "SELECT idmint.confirm_driver_id(%s, %s::text)"
 )
-RELEASE_DRIVER_ID = Query(
-    "release_driver_id", sql.SQL("SELECT idmint.release_driver_id(%s, %s::text)"), _bool
+RELEASE_DRIVER_ID: Query[bool] = one(
+    "release_driver_id", "SELECT idmint.release_driver_id(%s, %s::text)"
 )
-PURGE_EXPIRED_RESERVATIONS = Query(
-    "purge_expired_reservations", sql.SQL("SELECT idmint.purge_expired_reservations()"), _int
+PURGE_EXPIRED_RESERVATIONS: Query[int] = one(
+    "purge_expired_reservations", "SELECT idmint.purge_expired_reservations()"
 )
-RESET_DRIVER_SEQUENCE = Query(
-    "reset_driver_sequence",
-    sql.SQL("SELECT idmint.reset_driver_sequence(%s, %s::integer)"),
-    _int,
+RESET_DRIVER_SEQUENCE: Query[int] = one(
+    "reset_driver_sequence", "SELECT idmint.reset_driver_sequence(%s, %s::integer)"
 )
-IS_VALID_DRIVER_ID = Query(
-    "is_valid_driver_id", sql.SQL("SELECT idmint.is_valid_driver_id(%s)"), _bool
-)
-PARSE_DRIVER_ID = Query(
+IS_VALID_DRIVER_ID: Query[bool] = one("is_valid_driver_id", "SELECT idmint.is_valid_driver_id(%s)")
+PARSE_DRIVER_ID = one(
     "parse_driver_id",
-    sql.SQL("SELECT p.number, p.fleet_code FROM idmint.parse_driver_id(%s) AS p"),
-    _parsed,
+    "SELECT p.number, p.fleet_code FROM idmint.parse_driver_id(%s) AS p",
+    class_row(ParsedDriverId),
 )
-GEN_ENTITY_NUMBERS = Query(
+GEN_ENTITY_NUMBERS: Query[list[str]] = every(
     "gen_entity_numbers",
-    sql.SQL(
-        "SELECT t.num FROM idmint.gen_entity_numbers(%s, %s) WITH ORDINALITY AS t(num, i)"
-        " ORDER BY t.i"
-    ),
-    _texts,
+    "SELECT t.num FROM idmint.gen_entity_numbers(%s, %s) WITH ORDINALITY AS t(num, i) ORDER BY t.i",
 )
-GEN_ENTITY_NUMBER = Query(
-    "gen_entity_number", sql.SQL("SELECT idmint.gen_entity_number(%s)"), _text
+GEN_ENTITY_NUMBER: Query[str] = one("gen_entity_number", "SELECT idmint.gen_entity_number(%s)")
+CLAIM_ENTITY_NUMBER: Query[str] = one(
+    "claim_entity_number", "SELECT idmint.claim_entity_number(%s, %s)"
 )
-CLAIM_ENTITY_NUMBER = Query(
-    "claim_entity_number", sql.SQL("SELECT idmint.claim_entity_number(%s, %s)"), _text
+IS_VALID_ENTITY_NUMBER: Query[bool] = one(
+    "is_valid_entity_number", "SELECT idmint.is_valid_entity_number(%s, %s)"
 )
-IS_VALID_ENTITY_NUMBER = Query(
-    "is_valid_entity_number", sql.SQL("SELECT idmint.is_valid_entity_number(%s, %s)"), _bool
-)
-ADD_ENTITY_TYPE = Query(
+ADD_ENTITY_TYPE = one(
     "add_entity_type",
-    sql.SQL("SELECT t.prefix, t.name FROM idmint.add_entity_type(%s::integer, %s) AS t"),
-    _entity_type,
+    "SELECT t.prefix, t.name FROM idmint.add_entity_type(%s::integer, %s) AS t",
+    class_row(EntityType),
 )
-FLEET_CAPACITY = Query(
+FLEET_CAPACITY = every(
     "fleet_capacity",
-    sql.SQL(
-        "SELECT c.fleet_id, c.code, c.name, c.max_drivers, c.assigned, c.reserved, c.free,"
-        " c.utilization FROM idmint.fleet_capacity AS c ORDER BY c.code"
-    ),
-    _fleet_capacity,
+    "SELECT c.fleet_id, c.code, c.name, c.max_drivers, c.assigned, c.reserved, c.free,"
+    " c.utilization FROM idmint.fleet_capacity AS c ORDER BY c.code",
+    class_row(FleetCapacity),
 )
-ENTITY_CAPACITY = Query(
+ENTITY_CAPACITY = every(
     "entity_capacity",
-    sql.SQL(
-        "SELECT c.prefix, c.name, c.issued, c.capacity, c.free, c.utilization"
-        " FROM idmint.entity_capacity AS c ORDER BY c.prefix"
-    ),
-    _entity_capacity,
+    "SELECT c.prefix, c.name, c.issued, c.capacity, c.free, c.utilization::float8"
+    " FROM idmint.entity_capacity AS c ORDER BY c.prefix",
+    class_row(EntityCapacity),
+)
+CAPACITY_REPORT = every(
+    "capacity_report",
+    "SELECT r.scope, r.key, r.name, r.capacity, r.used, r.reserved, r.free, r.utilization,"
+    " r.per_day, r.exhausted_at FROM idmint.capacity_report(%s::interval) AS r",
+    class_row(CapacityReport),
 )
