@@ -38,6 +38,12 @@ CREATE TRIGGER a_id BEFORE INSERT OR UPDATE OR DELETE ON app.drivers FOR EACH RO
 CREATE TRIGGER b_spy BEFORE INSERT OR UPDATE OR DELETE ON app.drivers FOR EACH ROW
     EXECUTE FUNCTION app.other_trigger();
 
+CREATE FUNCTION app.spy_eq(app.driver_code, app.driver_code) RETURNS boolean LANGUAGE plpgsql
+    AS $f$ BEGIN PERFORM app.spy('operator'); RETURN $1::text = $2::text; END $f$;
+CREATE OPERATOR app.= (LEFTARG = app.driver_code, RIGHTARG = app.driver_code, FUNCTION = app.spy_eq);
+ALTER TABLE app.drivers ENABLE ROW LEVEL SECURITY;
+CREATE POLICY spy ON app.drivers USING (app.spy('policy')) WITH CHECK (true);
+
 CREATE TABLE app.parts (id int PRIMARY KEY, pn app.part_code UNIQUE, m app.mood DEFAULT 'ok');
 CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.parts FOR EACH ROW
     EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
@@ -52,10 +58,18 @@ def test_app_code_in_the_triggers_runs_as_the_app_role(
 ) -> None:
     role = scalar(app, "SELECT current_user")
     app.execute(SPIES)
+    app.execute("SET search_path = app, pg_catalog")  # the app's own = first
     app.execute("INSERT INTO app.drivers (email, fleet) VALUES ('a@x', 'AAA')")
     app.execute(
         "INSERT INTO app.drivers (email, fleet) VALUES ('a@x', 'AAA')"
         " ON CONFLICT (email) DO UPDATE SET fleet = excluded.fleet"
+    )
+    app.execute(
+        "INSERT INTO app.drivers (email, fleet) VALUES ('a@x', 'AAA') ON CONFLICT DO NOTHING"
+    )
+    # The upserts stored nothing: the next row gets the next id.
+    assert scalar(app, "INSERT INTO app.drivers VALUES ('b@x', 'AAA') RETURNING driver_id") == (
+        "DRV-002AAA"
     )
     app.execute("UPDATE app.drivers SET m = 'ok'")
     app.execute("DELETE FROM app.drivers")
@@ -97,9 +111,14 @@ def test_no_internal_writer_is_executable_by_idmint_user(db: psycopg.Connection)
     ]
 
 
-def test_the_commit_time_settler_is_for_idmints_trigger_only(app: psycopg.Connection) -> None:
-    with raises_sqlstate("ID003"):
-        app.execute("SELECT idmint.settle_bindings('{1}', '{}')")
+def test_no_app_role_can_settle_bindings(db: psycopg.Connection) -> None:
+    """Settling at commit is idmint's own deferred trigger; nothing of it is granted."""
+    granted = db.execute(
+        "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'idmint'::regnamespace"
+        " AND p.proname ~ 'settle|pending|rows_exist'"
+        " AND has_function_privilege('idmint_user', p.oid, 'EXECUTE')"
+    ).fetchall()
+    assert granted == []
 
 
 def test_an_app_role_cannot_issue_more_than_the_cap_through_the_trigger_helpers(
