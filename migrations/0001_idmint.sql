@@ -1858,78 +1858,93 @@ COMMENT ON FUNCTION idmint.backfill_entity_numbers(regclass, text, integer) IS
 -- Settling the triggers' provisional bindings at commit (see sql/14_binding_tables.sql).
 --
 -- A deferred constraint trigger on idmint.pending_bindings fires when the transaction
--- commits (idmint keeps it deferred: see _prepare_binding). It looks in the app's tables
--- for the rows that carry each pending number and keeps what was stored:
+-- commits (idmint keeps it deferred: see _prepare_binding). Its function runs with the
+-- committing role's rights (SECURITY INVOKER) and looks in the app's tables for the rows
+-- that carry each pending number, so whatever of the app's that runs (operators, domains,
+-- index expressions, policies) runs as the app. It then hands the answer, as plain
+-- numbers, to settle_bindings, which keeps what was stored and undoes the rest:
 --   stored                 -> bound
 --   deleted in this tx     -> unbound (the number stays issued for ever)
 --   never stored           -> back to its origin: an issued number is given back, a
 --                             confirmed reservation is a reservation again, a bind undone.
--- The look-up runs as idmint's owner but runs none of the app's code: only tables
--- (no views, no foreign partitions), columns of built-in types (or domains over them)
--- compared with pg_catalog's own operators, and never under row-level security that
--- applies to the owner. When it cannot look (those cases, or the owner lacks SELECT on
--- the column) the bindings are kept as if stored: a number may then stay used by a row
--- never stored, but it is never handed out twice. Nothing here is executable by apps, so
--- no app can settle bindings for idmint.
+-- Whenever the look-up cannot be trusted or fails (row-level security, no SELECT right,
+-- a lock it cannot get within a second, anything else) the bindings are kept as if
+-- stored: a number may then stay used by a row never stored, but the commit goes through
+-- and no number is handed out twice.
+--
+-- settle_bindings trusts the answer of the transaction it settles: an app that lies
+-- about its own rows (it could as well write its table with its triggers disabled) can
+-- only undo bindings of its own transaction.
 
--- Which of these values a row of tbl.col carries (all ids when idmint cannot look safely).
+-- This transaction's pending bindings, or none once `first` is settled (read-only).
+CREATE FUNCTION idmint._pending_bindings(first bigint)
+RETURNS TABLE (pending_id bigint, tbl oid, col text, value text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.pending_id, p.tbl, p.col, p.value FROM idmint.pending_bindings p
+    WHERE EXISTS (SELECT FROM idmint.pending_bindings f WHERE f.pending_id = first)
+      AND p.xid = pg_current_xact_id_if_assigned()
+$$;
+COMMENT ON FUNCTION idmint._pending_bindings(bigint) IS
+    'The pending trigger bindings of the calling transaction; none once `first` is settled';
+
+-- Which of these values a row of tbl.col carries, looked up with the caller's rights.
 CREATE FUNCTION idmint._rows_exist(tbl oid, col text, ids bigint[], vals text[]) RETURNS bigint[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     schema_name name;
     table_name name;
-    base_type name;
-    cmp text;
+    hidden boolean;
     hits bigint[];
 BEGIN
-    SELECT n.nspname, c.relname, bt.typname INTO schema_name, table_name, base_type
-    FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
-    JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-    JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-    WHERE c.oid = tbl AND c.relkind IN ('r', 'p')
-      AND NOT (c.relrowsecurity AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r
-                                         WHERE r.rolname = current_user))
-      AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid
-                      WHERE k.relkind = 'f' AND i.inhrelid IN (SELECT x.relid FROM pg_catalog.pg_partition_tree(tbl) x))
-      AND has_column_privilege(tbl, col, 'SELECT');
-    -- The column as its built-in base type, compared by pg_catalog's operator.
-    cmp := CASE base_type
-        WHEN 'text' THEN 't.%3$I::pg_catalog.text OPERATOR(pg_catalog.=) p.v'
-        WHEN 'varchar' THEN 't.%3$I::pg_catalog.text OPERATOR(pg_catalog.=) p.v'
-        WHEN 'bpchar' THEN 't.%3$I::pg_catalog.bpchar OPERATOR(pg_catalog.=) p.v::pg_catalog.bpchar'
-        WHEN 'int4' THEN 't.%3$I::pg_catalog.int4 OPERATOR(pg_catalog.=) p.v::pg_catalog.int4'
-        WHEN 'int8' THEN 't.%3$I::pg_catalog.int8 OPERATOR(pg_catalog.=) p.v::pg_catalog.int8'
-        WHEN 'numeric' THEN 't.%3$I::pg_catalog.numeric OPERATOR(pg_catalog.=) p.v::pg_catalog.numeric'
-    END;
-    IF cmp IS NULL THEN
-        RETURN ids;
+    SELECT n.nspname, c.relname, c.relrowsecurity INTO schema_name, table_name, hidden
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = tbl;
+    IF NOT FOUND OR hidden THEN
+        RETURN ids;  -- gone, or row-level security may hide stored rows from this role
     END IF;
-    EXECUTE format('SELECT coalesce(array_agg(p.id), ''{}'') FROM unnest($1, $2) AS p(id, v)'
-                   ' WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE ' || cmp || ')', schema_name, table_name, col)
-        INTO hits USING ids, vals;
+    -- The value is cast to the column's own type through the row type, so the column's
+    -- index (and its own equality) is used.
+    EXECUTE format($q$
+        SELECT coalesce(array_agg(p.id), '{}')
+        FROM unnest($1, $2) AS p(id, v)
+        WHERE EXISTS (SELECT FROM %1$I.%2$I t
+                      WHERE t.%3$I = (jsonb_populate_record(NULL::%1$I.%2$I, jsonb_build_object($3, p.v))).%3$I)
+        $q$, schema_name, table_name, col)
+        INTO hits USING ids, vals, col;
     RETURN hits;
+EXCEPTION WHEN OTHERS THEN
+    -- At commit, keeping is always safe and failing the commit is not: whatever went
+    -- wrong (privileges, a changed column, a lock timeout, the app's own code raising),
+    -- every binding is kept as if its row was stored.
+    RETURN ids;
 END
 $$;
 COMMENT ON FUNCTION idmint._rows_exist(oid, text, bigint[], text[]) IS
-    'The ids whose value a row of tbl.col carries, looked up without running app code (all of them when that is not possible)';
+    'The ids whose value a row of tbl.col carries, with the caller''s rights (all of them when that cannot be known)';
 
--- Keep the bindings of `checked` whose rows are `stored`, undo the others.
-CREATE FUNCTION idmint._settle(checked bigint[], stored bigint[]) RETURNS void
-LANGUAGE plpgsql
+CREATE FUNCTION idmint.settle_bindings(checked bigint[], stored bigint[]) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p idmint.pending_bindings;
+    settled integer := 0;
 BEGIN
+    IF pg_trigger_depth() < 1 THEN
+        PERFORM idmint._error('invalid_argument',
+            'settle_bindings() is called by idmint''s commit-time trigger only');
+    END IF;
     FOR p IN
         DELETE FROM idmint.pending_bindings x
         WHERE x.xid = pg_current_xact_id_if_assigned() AND x.pending_id = ANY (checked)
         RETURNING x.*
     LOOP
+        settled := settled + 1;
         IF p.pending_id = ANY (stored) THEN
             IF p.kind = 'driver' THEN
                 UPDATE idmint.driver_numbers d SET bound = true
@@ -1969,15 +1984,16 @@ BEGIN
             VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
         END IF;
     END LOOP;
+    RETURN settled;
 END
 $$;
-COMMENT ON FUNCTION idmint._settle(bigint[], bigint[]) IS
-    'Of this transaction''s pending bindings `checked`, keep those whose rows are `stored` and undo the others';
+COMMENT ON FUNCTION idmint.settle_bindings(bigint[], bigint[]) IS
+    'Called at commit by idmint''s own deferred trigger: of this transaction''s pending bindings `checked`, keep those whose rows are `stored` and undo the others';
 
--- The deferred constraint trigger's function: the first firing at commit settles the
--- whole transaction, the others find it done.
+-- The deferred constraint trigger's function. Fired at commit with the committing role's
+-- rights; the first firing settles the whole transaction, the others find it done.
 CREATE FUNCTION idmint._settle_bindings() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER  -- writes idmint's tables; runs no app code (see above)
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1985,25 +2001,21 @@ DECLARE
     checked bigint[] := '{}';
     stored bigint[] := '{}';
 BEGIN
-    -- Fired inside a statement (an app's own SET CONSTRAINTS inside a function) rather
-    -- than at commit or at a top-level SET CONSTRAINTS: the row may not be stored yet, so
-    -- keep the binding.
-    IF pg_trigger_depth() > 1
-       OR NEW.pending_id <= coalesce(nullif(current_setting('idmint.settled_upto', true), ''), '0')::bigint THEN
+    -- Fired inside a statement (an app's SET CONSTRAINTS ... IMMEDIATE inside a trigger or
+    -- function) rather than at commit: the row may not be stored yet, so keep the binding.
+    IF pg_trigger_depth() > 1 THEN
         RETURN NULL;
     END IF;
     FOR g IN
         SELECT p.tbl, p.col, array_agg(p.pending_id) AS ids, array_agg(p.value) AS vals
-        FROM idmint.pending_bindings p
-        WHERE p.xid = pg_current_xact_id_if_assigned()
+        FROM idmint._pending_bindings(NEW.pending_id) p
         GROUP BY p.tbl, p.col
     LOOP
         checked := checked || g.ids;
         stored := stored || idmint._rows_exist(g.tbl, g.col, g.ids, g.vals);
     END LOOP;
     IF cardinality(checked) > 0 THEN
-        PERFORM idmint._settle(checked, stored);
-        PERFORM set_config('idmint.settled_upto', (SELECT max(x) FROM unnest(checked) AS x)::text, true);
+        PERFORM idmint.settle_bindings(checked, stored);
     END IF;
     RETURN NULL;
 END
@@ -2348,8 +2360,9 @@ GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 
 -- Read-only internal helpers that code running with the caller's rights needs: the
 -- public views format ids with _format_driver_id (EXECUTE on functions in a view is checked
--- against the reader); the invoker-rights triggers and backfill resolve and check their
--- arguments with the others. None of them writes; every writing helper stays the owner's.
+-- against the reader); the invoker-rights triggers, backfill and commit-time settler
+-- resolve and check their arguments and read their own transaction's pending bindings
+-- with the others. None of them writes; every writing helper stays the owner's.
 GRANT EXECUTE ON FUNCTION
     idmint._format_driver_id(integer, text),
     idmint._fleet_id(text),
@@ -2357,5 +2370,7 @@ GRANT EXECUTE ON FUNCTION
     idmint._trigger_columns(text, text, text, jsonb, text[], integer),
     idmint._driver_id_unchanged(text, text, text, text),
     idmint._binding_table(oid),
+    idmint._pending_bindings(bigint),
+    idmint._rows_exist(oid, text, bigint[], text[]),
     idmint._backfill_target(regclass, text)
     TO idmint_user;

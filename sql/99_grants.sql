@@ -26,8 +26,9 @@ GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 
 -- Read-only internal helpers that code running with the caller's rights needs: the
 -- public views format ids with _format_driver_id (EXECUTE on functions in a view is checked
--- against the reader); the invoker-rights triggers and backfill resolve and check their
--- arguments with the others. None of them writes; every writing helper stays the owner's.
+-- against the reader); the invoker-rights triggers, backfill and commit-time settler
+-- resolve and check their arguments and read their own transaction's pending bindings
+-- with the others. None of them writes; every writing helper stays the owner's.
 GRANT EXECUTE ON FUNCTION
     idmint._format_driver_id(integer, text),
     idmint._fleet_id(text),
@@ -35,5 +36,7 @@ GRANT EXECUTE ON FUNCTION
     idmint._trigger_columns(text, text, text, jsonb, text[], integer),
     idmint._driver_id_unchanged(text, text, text, text),
     idmint._binding_table(oid),
+    idmint._pending_bindings(bigint),
+    idmint._rows_exist(oid, text, bigint[], text[]),
     idmint._backfill_target(regclass, text)
     TO idmint_user;

@@ -41,12 +41,16 @@ CREATE TRIGGER b_spy BEFORE INSERT OR UPDATE OR DELETE ON app.drivers FOR EACH R
 CREATE FUNCTION app.spy_eq(app.driver_code, app.driver_code) RETURNS boolean LANGUAGE plpgsql
     AS $f$ BEGIN PERFORM app.spy('operator'); RETURN $1::text = $2::text; END $f$;
 CREATE OPERATOR app.= (LEFTARG = app.driver_code, RIGHTARG = app.driver_code, FUNCTION = app.spy_eq);
-ALTER TABLE app.drivers ENABLE ROW LEVEL SECURITY;
-CREATE POLICY spy ON app.drivers USING (app.spy('policy')) WITH CHECK (true);
+CREATE FUNCTION app.index_spy(int) RETURNS text LANGUAGE plpgsql IMMUTABLE
+    AS $f$ BEGIN PERFORM app.spy('index'); RETURN ''; END $f$;
+CREATE INDEX drivers_spy ON app.drivers ((driver_id || app.index_spy(1)));
 
 CREATE TABLE app.parts (id int PRIMARY KEY, pn app.part_code UNIQUE, m app.mood DEFAULT 'ok');
 CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.parts FOR EACH ROW
     EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
+ALTER TABLE app.parts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE app.parts FORCE ROW LEVEL SECURITY;
+CREATE POLICY spy ON app.parts USING (app.spy('policy')) WITH CHECK (true);
 CREATE TRIGGER b_spy BEFORE INSERT OR UPDATE OR DELETE ON app.parts FOR EACH ROW
     EXECUTE FUNCTION app.other_trigger();
 CREATE TABLE app.legacy (id int PRIMARY KEY, pn app.part_code, m app.mood DEFAULT 'ok');
@@ -81,7 +85,14 @@ def test_app_code_in_the_triggers_runs_as_the_app_role(
 
     log = app.execute("SELECT who, what FROM app.spy_log").fetchall()
     whats = {w for _, w in log}
-    assert {"cast", "trigger INSERT", "trigger UPDATE", "trigger DELETE"} <= whats
+    assert {
+        "cast",
+        "index",
+        "policy",
+        "trigger INSERT",
+        "trigger UPDATE",
+        "trigger DELETE",
+    } <= whats
     assert any(w.startswith("domain DRV-") for w in whats)
     assert any(w.startswith("domain 1") for w in whats)
     assert {who for who, _ in log} == {role}
@@ -111,14 +122,9 @@ def test_no_internal_writer_is_executable_by_idmint_user(db: psycopg.Connection)
     ]
 
 
-def test_no_app_role_can_settle_bindings(db: psycopg.Connection) -> None:
-    """Settling at commit is idmint's own deferred trigger; nothing of it is granted."""
-    granted = db.execute(
-        "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'idmint'::regnamespace"
-        " AND p.proname ~ 'settle|pending|rows_exist'"
-        " AND has_function_privilege('idmint_user', p.oid, 'EXECUTE')"
-    ).fetchall()
-    assert granted == []
+def test_settling_is_called_by_the_commit_time_trigger_only(app: psycopg.Connection) -> None:
+    with raises_sqlstate("ID003"):
+        app.execute("SELECT idmint.settle_bindings('{1}', '{}')")
 
 
 def test_an_app_role_cannot_issue_more_than_the_cap_through_the_trigger_helpers(

@@ -166,6 +166,17 @@ def test_immediate_constraints_do_not_settle_before_the_row_is_stored(
     assert insert(db, "e@x") == "DRV-005ABC"
 
 
+def test_a_commit_never_fails_because_the_rows_cannot_be_looked_up(
+    drivers: psycopg.Connection,
+) -> None:
+    db = drivers
+    with db.transaction():
+        insert(db, "a@x")
+        db.execute("ALTER TABLE app.drivers ALTER COLUMN driver_id TYPE int USING 0")
+    assert scalar(db, "SELECT count(*) FROM idmint.pending_bindings") == 0
+    assert is_bound(db, 1)  # kept as if stored
+
+
 # --- delete, partitions, COPY, multi-row ---------------------------------------------------
 
 
