@@ -16,6 +16,7 @@ printed (`pytest -s`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -84,14 +85,35 @@ class TimedHistory(History):
 
 
 class PatroniWorkload(Workload):
-    """The fault tests' Workload, reconnecting with a capped exponential backoff: during a
-    ten-second election every client would otherwise open a connection to each of the
-    three nodes fifty times a second."""
+    """The fault tests' Workload, with two additions:
+    - reconnecting with a capped exponential backoff: during a ten-second election every
+      client would otherwise open a connection to each of the three nodes fifty times a
+      second;
+    - abort(), for a test that already failed: stop without waiting for answers that may
+      never come (a commit waiting for a synchronous standby that is gone)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._aborted = threading.Event()
+        self._conns: list[psycopg.Connection] = []
+
+    def abort(self) -> None:
+        """Never raises; gives the clients a few seconds, then leaves them (daemon threads)."""
+        self._aborted.set()
+        self._stop.set()
+        for conn in list(self._conns):
+            with contextlib.suppress(Exception):  # best effort: the connection may be gone
+                conn.cancel()
+        deadline = time.monotonic() + 10
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _connect(self) -> psycopg.Connection:
         deadline = time.monotonic() + RECONNECT_DEADLINE_S
         delay = 0.02
         while True:
+            if self._aborted.is_set():
+                raise RuntimeError("workload aborted")
             try:
                 conn = psycopg.connect(
                     self.dsn(), autocommit=True, connect_timeout=5,
@@ -99,6 +121,7 @@ class PatroniWorkload(Workload):
                 )  # fmt: skip
                 for stmt in self.session_sql:
                     conn.execute(stmt)
+                self._conns.append(conn)
                 return conn
             except psycopg.Error:
                 if time.monotonic() > deadline:
@@ -193,8 +216,10 @@ def under_load(
         fault_s = time.monotonic() - started
         writes_s = wait_for_writes(dsn, started)
         load.wait_for_oks(history.oks + OKS_AFTER)
-    finally:
-        load.stop()
+    except BaseException:
+        load.abort()
+        raise
+    load.stop()
     after = cluster.wait_healthy(nodes_after, sync=True)
     pause = history.longest_pause()
     result = check_fleets(after, history, fleets)
