@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,6 +120,106 @@ def http_json(url: str, method: str = "GET", body: object = None, timeout: float
     return json.loads(raw) if raw.strip() else None
 
 
+# -- configuration (docs/HA.md shows these, rendered by test_patroni_docs_show_the_settings) --
+
+
+def etcd_argv(
+    data_dir: Path | str, client_port: int | str, peer_port: int | str, token: str
+) -> list[str]:
+    """One etcd member on loopback; Patroni talks to it through the v3 API (`etcd3:`)."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [
+        ETCD, "--name", "etcd0", "--data-dir", str(data_dir),
+        "--listen-client-urls", client, "--advertise-client-urls", client,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"etcd0={peer}", "--initial-cluster-state", "new",
+        "--initial-cluster-token", token,
+    ]  # fmt: skip
+
+
+def patroni_config(
+    scope: str,
+    name: str,
+    directory: Path | str,
+    pg_port: int | str,
+    api_port: int | str,
+    etcd_port: int | str,
+    dcs: Mapping[str, object],
+) -> dict[str, Any]:
+    """One node's Patroni configuration file (bootstrap.dcs is the same on every node)."""
+    return {
+        "scope": scope,
+        "namespace": "/idmint-test/",
+        "name": name,
+        "restapi": {
+            "listen": f"127.0.0.1:{api_port}",
+            "connect_address": f"127.0.0.1:{api_port}",
+        },
+        "etcd3": {"hosts": [f"127.0.0.1:{etcd_port}"]},
+        "bootstrap": {
+            "dcs": dict(dcs),
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, {"auth": "scram-sha-256"}],
+            "pg_hba": [
+                f"host replication {REPLICATION[0]} 127.0.0.1/32 scram-sha-256",
+                "host all all 127.0.0.1/32 scram-sha-256",
+            ],
+        },
+        "postgresql": {
+            "listen": f"127.0.0.1:{pg_port}",
+            "connect_address": f"127.0.0.1:{pg_port}",
+            "data_dir": f"{directory}/data",
+            "bin_dir": PG_BINDIR,
+            "pgpass": f"{directory}/pgpass",
+            "authentication": {
+                "superuser": {"username": SUPERUSER[0], "password": SUPERUSER[1]},
+                "replication": {"username": REPLICATION[0], "password": REPLICATION[1]},
+            },
+            "basebackup": [{"checkpoint": "fast"}],
+            "parameters": {"unix_socket_directories": str(directory)},
+        },
+        "watchdog": {"mode": "off"},
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
+    }
+
+
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    return json.dumps(text)  # a YAML double-quoted scalar
+
+
+def to_yaml(value: object, indent: int = 0) -> str:
+    """Block YAML for nested dicts and lists of scalars (what Patroni's files need)."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(v, Mapping | list) and v:
+                lines.append(f"{pad}{k}:")
+                lines.append(to_yaml(v, indent + 2).rstrip("\n"))
+            else:
+                lines.append(f"{pad}{k}: {_scalar(v) if v or v is False or v == 0 else '{}'}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, Mapping):
+                body = to_yaml(item, indent + 2).rstrip("\n")
+                lines.append(f"{pad}- {body.lstrip()}")
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+    else:
+        lines.append(pad + _scalar(value))
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class Node:
     name: str
@@ -154,10 +255,10 @@ class Node:
     def patroni_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def dsn(self, dbname: str = "postgres", **extra: object) -> str:
+    def dsn(self, dbname: str = "postgres") -> str:
         return psycopg.conninfo.make_conninfo(
             host="127.0.0.1", port=self.pg_port, user=SUPERUSER[0], password=SUPERUSER[1],
-            dbname=dbname, connect_timeout=3, **extra,
+            dbname=dbname, connect_timeout=3,
         )  # fmt: skip
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection:
@@ -196,43 +297,13 @@ class PatroniCluster:
         return Node(name, directory, _free_port(), _free_port(), directory / "patroni.yml")
 
     def patroni_config(self, node: Node) -> dict[str, Any]:
-        """The node's Patroni configuration (written as YAML; JSON is valid YAML)."""
-        return {
-            "scope": self.scope,
-            "namespace": "/idmint-test/",
-            "name": node.name,
-            "log": {"level": "INFO"},
-            "restapi": {
-                "listen": f"127.0.0.1:{node.api_port}",
-                "connect_address": f"127.0.0.1:{node.api_port}",
-            },
-            "etcd3": {"hosts": [f"127.0.0.1:{self.etcd_port}"]},
-            "bootstrap": {
-                "dcs": self.dcs_settings,
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, {"auth": "scram-sha-256"}],
-                "pg_hba": [
-                    f"host replication {REPLICATION[0]} 127.0.0.1/32 scram-sha-256",
-                    "host all all 127.0.0.1/32 scram-sha-256",
-                ],
-            },
-            "postgresql": {
-                "listen": f"127.0.0.1:{node.pg_port}",
-                "connect_address": f"127.0.0.1:{node.pg_port}",
-                "data_dir": str(node.data_dir),
-                "bin_dir": PG_BINDIR,
-                "pgpass": str(node.directory / "pgpass"),
-                "authentication": {
-                    "superuser": {"username": SUPERUSER[0], "password": SUPERUSER[1]},
-                    "replication": {"username": REPLICATION[0], "password": REPLICATION[1]},
-                },
-                "parameters": {"unix_socket_directories": str(node.directory)},
-            },
-            "watchdog": {"mode": "off"},
-            "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
-        }
+        return patroni_config(
+            self.scope, node.name, node.directory, node.pg_port, node.api_port,
+            self.etcd_port, self.dcs_settings,
+        )  # fmt: skip
 
     def _write_config(self, node: Node) -> None:
-        node.config_file.write_text(json.dumps(self.patroni_config(node), indent=2))
+        node.config_file.write_text(to_yaml(self.patroni_config(node)))
         os.chown(node.config_file, self.uid, self.gid)
 
     # -- life cycle -----------------------------------------------------------------------
@@ -244,6 +315,12 @@ class PatroniCluster:
             c.start_etcd()
             for node in c.nodes:
                 c._write_config(node)
+            # The first node bootstraps alone: until its bootstrap writes the dynamic
+            # configuration (loop_wait 1) to etcd, a waiting node sleeps Patroni's default
+            # loop_wait of 10 s between looks.
+            c.start_node(c.nodes[0])
+            poll("the first node to bootstrap", c.leader, 60)
+            for node in c.nodes[1:]:
                 c.start_node(node)
         except BaseException:
             c.close()
@@ -260,20 +337,11 @@ class PatroniCluster:
     def start_etcd(self) -> None:
         data = self.base / "etcd"
         data.mkdir(mode=0o700)
-        client, peer = (
-            f"http://127.0.0.1:{self.etcd_port}",
-            f"http://127.0.0.1:{self.etcd_peer_port}",
-        )
+        client = f"http://127.0.0.1:{self.etcd_port}"
         log = open(self.base / "etcd.log", "ab")  # noqa: SIM115 - closed in close()
         self._log_files.append(log)
         self.etcd = subprocess.Popen(
-            [
-                ETCD, "--name", "etcd0", "--data-dir", str(data),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"etcd0={peer}", "--initial-cluster-state", "new",
-                "--initial-cluster-token", self.base.name,
-            ],
+            etcd_argv(data, self.etcd_port, self.etcd_peer_port, self.base.name),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=self._env(), start_new_session=True,
         )  # fmt: skip
@@ -418,10 +486,14 @@ class PatroniCluster:
         http_json(f"{node.api}/config", "PATCH", changes)
 
     def multi_host_dsn(self, dbname: str = "idmint") -> str:
-        """What a client uses: every node, and libpq keeps the one that accepts writes."""
-        return psycopg.conninfo.make_conninfo(
-            host=",".join("127.0.0.1" for _ in self.nodes),
-            port=",".join(str(n.pg_port) for n in self.nodes),
-            user=SUPERUSER[0], password=SUPERUSER[1], dbname=dbname,
-            target_session_attrs="read-write", connect_timeout=2,
-        )  # fmt: skip
+        return client_dsn([n.pg_port for n in self.nodes], dbname)
+
+
+def client_dsn(ports: Sequence[int | str], dbname: str = "idmint") -> str:
+    """What a client uses: every node, and libpq keeps the first that accepts writes."""
+    return psycopg.conninfo.make_conninfo(
+        host=",".join("127.0.0.1" for _ in ports),
+        port=",".join(str(p) for p in ports),
+        user=SUPERUSER[0], password=SUPERUSER[1], dbname=dbname,
+        target_session_attrs="read-write", connect_timeout=2,
+    )  # fmt: skip

@@ -33,7 +33,15 @@ import pytest
 from idmint.migrate import migrate
 from tests.faults.conftest import size
 from tests.faults.history import CheckResult, History, check, split_id
-from tests.faults.patroni import Node, PatroniCluster, poll
+from tests.faults.patroni import (
+    Node,
+    PatroniCluster,
+    client_dsn,
+    etcd_argv,
+    patroni_config,
+    poll,
+    to_yaml,
+)
 from tests.faults.workload import APPLICATION_NAME, RECONNECT_DEADLINE_S, Workload, committed_ids
 
 CLIENTS = 8
@@ -41,7 +49,8 @@ OKS_BEFORE = size(60, 1000)  # acknowledged allocations before each fault
 OKS_AFTER = size(60, 1000)  # ... and after it, on whichever node leads then
 FLEETS = 4
 CONTROL_IDS = 5  # ids acknowledged by the old leader that the lagging replica never receives
-RESULTS = Path(__file__).resolve().parents[2] / "build" / "faults" / "patroni.json"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "build" / "faults" / "patroni.json"
 
 # The dynamic configuration (bootstrap.dcs) of the cluster, shown verbatim in docs/HA.md.
 DCS: dict[str, Any] = {
@@ -206,9 +215,8 @@ def under_load(
     dsn = cluster.multi_host_dsn()
     fleets = new_fleets(dsn, scenario)
     history = TimedHistory()
-    load = PatroniWorkload(
-        lambda: dsn, fleets, history, clients=CLIENTS, key_prefix=f"{scenario}-"
-    ).start()
+    load = PatroniWorkload(lambda: dsn, fleets, history, clients=CLIENTS, key_prefix=f"{scenario}-")
+    load.start()
     try:
         load.wait_for_oks(OKS_BEFORE)
         started = time.monotonic()
@@ -256,12 +264,20 @@ def patroni() -> Iterator[PatroniCluster]:
     cluster = PatroniCluster.start(3, DCS)
     try:
         leader = cluster.wait_healthy(3, sync=True, timeout=90)
+        healthy = time.monotonic()
         with leader.connect() as conn:
             conn.execute("CREATE DATABASE idmint")
         migrate(leader.dsn("idmint"))
         with leader.connect("idmint") as conn:
             conn.execute(f"CREATE TABLE {PROBE_TABLE} (at timestamptz DEFAULT clock_timestamp())")
-        record("bootstrap", {"nodes": 3, "seconds": round(time.monotonic() - started, 2)})
+        record(
+            "bootstrap",
+            {
+                "nodes": 3,
+                "healthy_s": round(healthy - started, 2),
+                "migrated_s": round(time.monotonic() - healthy, 2),
+            },
+        )
         yield cluster
     finally:
         cluster.close()
@@ -443,3 +459,27 @@ def test_patroni_async_lagging_replica_control(patroni: PatroniCluster) -> None:
     # Without the padding the replica would have lagged by these few ids only: far less
     # than the default maximum_lag_on_failover, so Patroni would have promoted it at once.
     assert ids_wal < limit
+
+
+def _shell(argv: list[str]) -> str:
+    """`prog --flag value ...` with one flag per line."""
+    pairs = [" ".join(argv[i : i + 2]) for i in range(1, len(argv), 2)]
+    return " \\\n  ".join([argv[0], *pairs])
+
+
+def test_patroni_docs_show_the_settings() -> None:
+    """docs/HA.md shows the settings these tests run with, verbatim (random ports and the
+    private directory as placeholders)."""
+    docs = (ROOT / "docs" / "HA.md").read_text()
+    base = "/tmp/idmint-patroni-XXXXXXXX"
+    etcd = _shell(
+        etcd_argv(f"{base}/etcd", "ETCD_PORT", "ETCD_PEER_PORT", "idmint-patroni-XXXXXXXX")
+    )
+    node = to_yaml(
+        patroni_config(
+            "idmint", "node0", f"{base}/node0", "PG_PORT_0", "API_PORT_0", "ETCD_PORT", DCS
+        )
+    )
+    dsn = client_dsn(["PG_PORT_0", "PG_PORT_1", "PG_PORT_2"])
+    for block in (etcd, node, dsn):
+        assert block in docs, f"docs/HA.md lacks, verbatim:\n{block}"
