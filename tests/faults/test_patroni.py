@@ -469,9 +469,8 @@ def test_patroni_docs_show_the_settings() -> None:
     private directory as placeholders)."""
     docs = (ROOT / "docs" / "HA.md").read_text()
     base = "/tmp/idmint-patroni-XXXXXXXX"
-    etcd = _shell(
-        etcd_argv(f"{base}/etcd", "ETCD_PORT", "ETCD_PEER_PORT", "idmint-patroni-XXXXXXXX")
-    )
+    argv = etcd_argv(f"{base}/etcd", "ETCD_PORT", "ETCD_PEER_PORT", "idmint-patroni-XXXXXXXX")
+    etcd = _shell(["etcd", *argv[1:]])  # wherever the etcd binary lives
     node = to_yaml(
         patroni_config(
             "idmint", "node0", f"{base}/node0", "PG_PORT_0", "API_PORT_0", "ETCD_PORT", DCS
