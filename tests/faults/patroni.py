@@ -108,16 +108,26 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def http_json(url: str, method: str = "GET", body: object = None, timeout: float = 2.0) -> Any:
+def http_request(
+    url: str, method: str = "GET", body: object = None, timeout: float = 2.0
+) -> tuple[int, Any]:
+    """(HTTP status, decoded JSON body or None)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
+            status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as e:  # /primary answers 503 on a replica, with a body
-        raw = e.read()
-    return json.loads(raw) if raw.strip() else None
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return status, None
+
+
+def http_json(url: str, method: str = "GET", body: object = None, timeout: float = 2.0) -> Any:
+    return http_request(url, method, body, timeout)[1]
 
 
 # -- configuration (docs/HA.md shows these, rendered by test_patroni_docs_show_the_settings) --
@@ -362,8 +372,9 @@ class PatroniCluster:
             user=self.uid, group=self.gid, extra_groups=[],
         )  # fmt: skip
 
-    def close(self) -> None:
-        """End every process this cluster started, by pid, and remove its directory."""
+    def close(self, keep_logs: Path | None = None) -> None:
+        """End every process this cluster started, by pid, and remove its directory
+        (after copying the logs to `keep_logs` or $IDMINT_KEEP_PATRONI_LOGS, if given)."""
         patronis = [n.proc.pid for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         _signal_all(patronis, signal.SIGSTOP)  # no Patroni restarts anything from here on
         postmasters: set[int] = set()
@@ -390,7 +401,7 @@ class PatroniCluster:
             time.sleep(0.01)
         for f in self._log_files:
             f.close()
-        keep = os.environ.get("IDMINT_KEEP_PATRONI_LOGS")  # a directory to copy the logs to
+        keep = keep_logs or os.environ.get("IDMINT_KEEP_PATRONI_LOGS")
         if keep:
             for log in self.base.glob("**/*.log"):
                 target = Path(keep) / self.base.name / log.relative_to(self.base)
@@ -482,8 +493,17 @@ class PatroniCluster:
 
     def patch_config(self, changes: Mapping[str, object]) -> None:
         """PATCH the dynamic configuration (kept in etcd) through a live node's REST API."""
-        node = self.live_nodes()[0]
-        http_json(f"{node.api}/config", "PATCH", changes)
+
+        def applied() -> bool:
+            # A node answers 409 when its view of the configuration was stale: try again.
+            node = self.live_nodes()[0]
+            status, _ = http_request(f"{node.api}/config", "PATCH", changes)
+            if status != 200:
+                return False
+            status, config = http_request(f"{node.api}/config")
+            return status == 200 and all(config.get(k) == v for k, v in changes.items())
+
+        poll(f"Patroni to store {changes}", applied, 30)
 
     def multi_host_dsn(self, dbname: str = "idmint") -> str:
         return client_dsn([n.pg_port for n in self.nodes], dbname)

@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -52,6 +53,9 @@ CONTROL_IDS = 5  # ids acknowledged by the old leader that the lagging replica n
 TIGHT_LIMIT = 1024  # a maximum_lag_on_failover (bytes) below the WAL of CONTROL_IDS allocations
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "build" / "faults" / "patroni.json"
+LOGS = (
+    ROOT / "build" / "faults" / "patroni-logs"
+)  # the last run's etcd, Patroni and PostgreSQL logs
 
 # The dynamic configuration (bootstrap.dcs) of the cluster, shown verbatim in docs/HA.md.
 DCS: dict[str, Any] = {
@@ -281,7 +285,8 @@ def patroni() -> Iterator[PatroniCluster]:
         )
         yield cluster
     finally:
-        cluster.close()
+        shutil.rmtree(LOGS, ignore_errors=True)
+        cluster.close(keep_logs=LOGS)  # for a failure in `make test`
         record("module", {"seconds_with_teardown": round(time.monotonic() - started, 2)})
 
 
@@ -388,29 +393,33 @@ def test_patroni_async_lagging_replica_control(patroni: PatroniCluster) -> None:
         target = _lsn(conn, "pg_current_wal_lsn()")
         with lagging.connect() as rconn:
             poll("the replica to replay", lambda: _lsn(rconn, "pg_last_wal_replay_lsn()") >= target)
-        row = conn.execute(
-            "SELECT pid FROM pg_stat_replication WHERE application_name = %s", [lagging.name]
-        ).fetchone()
-        assert row is not None, "no walsender for the replica"
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = %s"
+            " AND state = 'streaming'",
+            [lagging.name],
+        ).fetchall()
+        assert len(rows) == 1, f"walsenders for the replica: {rows}"
         # The lag, made deterministic: the walsender feeding the replica stops; WAL written
         # from here on stays on the leader.
-        os.kill(int(row[0]), signal.SIGSTOP)
+        os.kill(int(rows[0][0]), signal.SIGSTOP)
         start_lsn = _lsn(conn, "pg_current_wal_lsn()")
         acked = _allocate(history, 0, leader.dsn("idmint"), fleet,
                           [f"control-acked-{i}" for i in range(CONTROL_IDS)])  # fmt: skip
-        ids_wal = _lsn(conn, "pg_current_wal_lsn()") - start_lsn
+        end_lsn = _lsn(conn, "pg_current_wal_lsn()")
+        ids_wal = end_lsn - start_lsn
     assert TIGHT_LIMIT < ids_wal < default_limit, ids_wal
-    with lagging.connect("idmint") as rconn:
-        row = rconn.execute(
-            "SELECT count(*) FROM idmint.driver_id_ledger WHERE fleet_code = %s", [fleet]
-        ).fetchone()
-        assert row == (5,), "the replica must not have received the acknowledged ids"
 
     def published_lag() -> int | None:  # the leader publishes its position once a loop
         lag = c.members()[lagging.name].get("lag")
         return lag if isinstance(lag, int) and lag >= ids_wal else None
 
     lag = poll("Patroni to publish the lag", published_lag, 30)
+    with lagging.connect("idmint") as rconn:  # still lagging, now that time has passed
+        assert _lsn(rconn, "pg_last_wal_receive_lsn()") < end_lsn
+        row = rconn.execute(
+            "SELECT count(*) FROM idmint.driver_id_ledger WHERE fleet_code = %s", [fleet]
+        ).fetchone()
+        assert row == (5,), "the replica must not have received the acknowledged ids"
     c.patch_config({"maximum_lag_on_failover": TIGHT_LIMIT})
     log_mark = lagging.log_file.stat().st_size
 
@@ -422,7 +431,10 @@ def test_patroni_async_lagging_replica_control(patroni: PatroniCluster) -> None:
         text = lagging.log_file.read_bytes()[log_mark:].decode(errors="replace")
         return text.count(refusal) if text.count(refusal) >= 3 else None
 
-    poll("three refused leader races", refusals, DCS["ttl"] + 30)
+    try:
+        poll("three refused leader races", refusals, DCS["ttl"] + 30)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; {lagging.name}'s log:\n{lagging.log_tail()}") from None
     refused_s = time.monotonic() - lost_at
     assert c.leader() is None
     with lagging.connect() as rconn:
