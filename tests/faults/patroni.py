@@ -14,6 +14,7 @@ resort, by a command line naming our private directory. `close()` ends exactly t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -41,6 +42,7 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 PG_BINDIR = "/usr/lib/postgresql/15/bin"
 SUPERUSER = ("postgres", "idmint-test-superuser")
 REPLICATION = ("replicator", "idmint-test-replicator")
+NAMESPACE = "/idmint-test/"
 
 T = TypeVar("T")
 
@@ -159,7 +161,7 @@ def patroni_config(
     """One node's Patroni configuration file (bootstrap.dcs is the same on every node)."""
     return {
         "scope": scope,
-        "namespace": "/idmint-test/",
+        "namespace": NAMESPACE,
         "name": name,
         "restapi": {
             "listen": f"127.0.0.1:{api_port}",
@@ -442,6 +444,16 @@ class PatroniCluster:
             except (OSError, ValueError) as e:
                 last = e
         raise RuntimeError(f"no Patroni REST API answers: {last!r}")
+
+    def published_optime(self) -> int | None:
+        """The leader's WAL position as Patroni last published it in etcd (the `/status` key,
+        written once per loop_wait): what `maximum_lag_on_failover` is measured against."""
+        key = base64.b64encode(f"{NAMESPACE}{self.scope}/status".encode()).decode()
+        url = f"http://127.0.0.1:{self.etcd_port}/v3/kv/range"
+        status, body = http_request(url, "POST", {"key": key})
+        if status != 200 or not body or not body.get("kvs"):
+            return None
+        return int(json.loads(base64.b64decode(body["kvs"][0]["value"]))["optime"])
 
     def leader(self) -> Node | None:
         for m in self.cluster_state()["members"]:
