@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-cron pgbouncer libpq-dev
+APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-cron pgbouncer libpq-dev patroni etcd-server
 
 .PHONY: demo test lint typecheck pytest sysdeps venv bench soak migration facade clean
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Installs the servers the tests start (real PostgreSQL, pg_cron, PgBouncer).
+# Installs the servers the tests start (real PostgreSQL, pg_cron, PgBouncer, Patroni + etcd).
 # Needs root for apt; as another user it checks and explains instead.
 sysdeps:
 	@missing=""; \
