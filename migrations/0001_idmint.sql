@@ -301,6 +301,14 @@ AS $$ SELECT 'DRV-' || lpad(number::text, 3, '0') || code $$;
 COMMENT ON FUNCTION idmint._format_driver_id(integer, text) IS
     'DRV-XXXYYY from a number and a fleet code (next_driver_id''s fast path inlines the same expression)';
 
+-- The utilization thresholds that send NOTIFY idmint_capacity, defined once (contract §5).
+CREATE FUNCTION idmint._thresholds(scope text) RETURNS numeric[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT CASE scope WHEN 'fleet' THEN '{0.8,0.9,1.0}'::numeric[] ELSE '{0.6,0.8,0.95}'::numeric[] END $$;
+COMMENT ON FUNCTION idmint._thresholds(text) IS
+    'Capacity alert thresholds, ascending: fleets 0.8, 0.9, 1.0; entity types 0.6, 0.8, 0.95';
+
 -- NOTIFY idmint_capacity once for each threshold that [before, after) crosses upward.
 CREATE FUNCTION idmint._capacity_alert(scope text, key jsonb, capacity bigint,
                                        used_before bigint, used_after bigint, thresholds numeric[])
@@ -565,7 +573,7 @@ BEGIN
     PERFORM idmint._durable();
     PERFORM idmint._capacity_alert('fleet', to_jsonb(f.code), f.max_drivers,
                                    f.assigned + active_reserved, f.assigned + active_reserved + n,
-                                   '{0.8,0.9,1.0}');
+                                   idmint._thresholds('fleet'));
 
     RETURN QUERY
     SELECT x, idmint._format_driver_id(x, f.code)
@@ -610,9 +618,9 @@ BEGIN
             IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
                 PERFORM idmint._durable();
             END IF;
-            IF assigned * 10 >= max_drivers * 8 THEN
+            IF assigned >= max_drivers * (idmint._thresholds('fleet'))[1] THEN
                 PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
-                                               '{0.8,0.9,1.0}');
+                                               idmint._thresholds('fleet'));
             END IF;
             RETURN issued;
         END IF;
@@ -802,6 +810,7 @@ BEGIN
     -- so the purge neither stalls behind an open transaction nor deadlocks with one.
     SELECT array_agg(f.fleet_id) INTO locked
     FROM (SELECT f.fleet_id FROM idmint.fleets f
+          -- state <> 'assigned': the partial index's predicate, so that the index is used.
           WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
                                WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= at)
           FOR NO KEY UPDATE SKIP LOCKED) f;
@@ -2063,6 +2072,7 @@ CROSS JOIN LATERAL (
     -- index scan for every fleet with nothing reserved or freed.
     SELECT count(*)::integer AS reserved
     FROM idmint.driver_numbers d
+    -- state <> 'assigned' repeats the partial index's predicate so that it is used.
     WHERE f.unassigned > 0
       AND d.fleet_id = f.fleet_id
       AND d.state <> 'assigned' AND d.state = 'reserved'

@@ -69,6 +69,14 @@ AS $$ SELECT 'DRV-' || lpad(number::text, 3, '0') || code $$;
 COMMENT ON FUNCTION idmint._format_driver_id(integer, text) IS
     'DRV-XXXYYY from a number and a fleet code (next_driver_id''s fast path inlines the same expression)';
 
+-- The utilization thresholds that send NOTIFY idmint_capacity, defined once (contract §5).
+CREATE FUNCTION idmint._thresholds(scope text) RETURNS numeric[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT CASE scope WHEN 'fleet' THEN '{0.8,0.9,1.0}'::numeric[] ELSE '{0.6,0.8,0.95}'::numeric[] END $$;
+COMMENT ON FUNCTION idmint._thresholds(text) IS
+    'Capacity alert thresholds, ascending: fleets 0.8, 0.9, 1.0; entity types 0.6, 0.8, 0.95';
+
 -- NOTIFY idmint_capacity once for each threshold that [before, after) crosses upward.
 CREATE FUNCTION idmint._capacity_alert(scope text, key jsonb, capacity bigint,
                                        used_before bigint, used_after bigint, thresholds numeric[])

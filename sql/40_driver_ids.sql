@@ -145,7 +145,7 @@ BEGIN
     PERFORM idmint._durable();
     PERFORM idmint._capacity_alert('fleet', to_jsonb(f.code), f.max_drivers,
                                    f.assigned + active_reserved, f.assigned + active_reserved + n,
-                                   '{0.8,0.9,1.0}');
+                                   idmint._thresholds('fleet'));
 
     RETURN QUERY
     SELECT x, idmint._format_driver_id(x, f.code)
@@ -190,9 +190,9 @@ BEGIN
             IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
                 PERFORM idmint._durable();
             END IF;
-            IF assigned * 10 >= max_drivers * 8 THEN
+            IF assigned >= max_drivers * (idmint._thresholds('fleet'))[1] THEN
                 PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
-                                               '{0.8,0.9,1.0}');
+                                               idmint._thresholds('fleet'));
             END IF;
             RETURN issued;
         END IF;
@@ -382,6 +382,7 @@ BEGIN
     -- so the purge neither stalls behind an open transaction nor deadlocks with one.
     SELECT array_agg(f.fleet_id) INTO locked
     FROM (SELECT f.fleet_id FROM idmint.fleets f
+          -- state <> 'assigned': the partial index's predicate, so that the index is used.
           WHERE f.fleet_id IN (SELECT d.fleet_id FROM idmint.driver_numbers d
                                WHERE d.state <> 'assigned' AND d.state = 'reserved' AND d.expires_at <= at)
           FOR NO KEY UPDATE SKIP LOCKED) f;

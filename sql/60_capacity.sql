@@ -32,6 +32,7 @@ CROSS JOIN LATERAL (
     -- index scan for every fleet with nothing reserved or freed.
     SELECT count(*)::integer AS reserved
     FROM idmint.driver_numbers d
+    -- state <> 'assigned' repeats the partial index's predicate so that it is used.
     WHERE f.unassigned > 0
       AND d.fleet_id = f.fleet_id
       AND d.state <> 'assigned' AND d.state = 'reserved'
