@@ -27,11 +27,13 @@ def allocate_many(
         while len(got) < count:
             try:
                 with conn.transaction():
-                    got.append(str(scalar(conn, "SELECT idmint.next_driver_id('ABC')")))
-            except psycopg.Error as exc:
+                    issued = str(scalar(conn, "SELECT idmint.next_driver_id('ABC')"))
+            except psycopg.Error as exc:  # also at COMMIT, which SERIALIZABLE may refuse
                 if exc.sqlstate not in RETRYABLE:
                     raise
                 retries += 1
+            else:
+                got.append(issued)  # only once the commit succeeded
     return got, retries
 
 
