@@ -10,7 +10,7 @@ from collections import Counter
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar, table_snapshot, wait_until_blocked
+from tests.util import Connect, raises_sqlstate, scalar, table_snapshot
 
 SEEDED = {1: "part", 2: "material", 3: "batch", 4: "order", 5: "quote"}
 
