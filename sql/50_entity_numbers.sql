@@ -278,6 +278,7 @@ DECLARE
     got integer;
     j integer;
     got_text text;
+    setting text;
     total integer;
     kk integer;
     share integer;
@@ -312,10 +313,12 @@ BEGIN
         PERFORM idmint._entity_prefix(p);  -- ID008
     END IF;
     base := p * 1000000;
-    st := idmint._entity_state(p);
+    -- (_entity_state inlined: each call of a function that pins search_path is costly.)
+    setting := current_setting('idmint.entity_' || p, true);
+    st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
 
     -- One number from the shard this transaction took last, if it has sparse room.
-    IF n = 1 THEN
+    IF n = 1 AND cardinality(st) > 0 THEN
         got_text := idmint._issue_one(p, key, how, bind);
         IF got_text IS NOT NULL THEN
             RETURN NEXT got_text;
@@ -348,15 +351,15 @@ BEGIN
                 -- Efraimidis-Spirakis keys ln(u) / free (u from the strong source) give a
                 -- random order weighted by free numbers; LIMIT counts only the rows this
                 -- call could lock (SKIP LOCKED passes over those others hold).
+                -- (One 20-bit draw per shard, matched by shard number: 34 uuids, not 200.)
                 SELECT array_agg(ARRAY[z.shard::integer, z.issued, 0, z.deck::integer, 0] ORDER BY z.w DESC) INTO fresh
-                FROM (SELECT x.shard, x.issued, x.deck,
-                             ln((('x' || substr(gen_random_uuid()::text, 1, 8))::bit(32)::bigint + 0.5)
-                                / 4294967296.0) / (size - x.issued) AS w
+                FROM (SELECT x.shard, x.issued, x.deck, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
                       FROM idmint.entity_shards x
+                      JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
                       WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
                       ORDER BY 4 DESC
                       LIMIT kk
-                      FOR UPDATE SKIP LOCKED) z;
+                      FOR UPDATE OF x SKIP LOCKED) z;
             END IF;
         ELSIF phase = 5 THEN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
@@ -522,7 +525,9 @@ BEGIN
     SELECT x, bound, ts, how, who, pg_current_xact_id() FROM unnest(nums) AS x ORDER BY x;
     RETURN QUERY SELECT x::text FROM unnest(nums) AS x;
     PERFORM idmint._entity_save(p, st, arm, newdeck);
-    PERFORM idmint._durable();
+    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+        PERFORM idmint._durable();
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean) IS
@@ -538,12 +543,15 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    setting text;
     st integer[];
     shards integer[];
     counts integer[];
 BEGIN
     FOR p IN 1 .. 9 LOOP
-        st := idmint._entity_state(p);
+        setting := current_setting('idmint.entity_' || p, true);
+        CONTINUE WHEN setting IS NULL OR setting = '';
+        st := setting::integer[];
         shards := '{}';
         counts := '{}';
         FOR j IN 1 .. coalesce(array_length(st, 1), 0) LOOP
