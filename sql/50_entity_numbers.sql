@@ -177,6 +177,37 @@ $$;
 COMMENT ON FUNCTION idmint._entity_save(integer, integer[], integer[], integer[]) IS
     'Store this transaction''s shard state of a type and queue the commit-time count of newly used shards';
 
+-- Build a shard's deck: its free numbers, each under a secret random 60-bit position
+-- (bounded: 5 000 probes and at most 1 250 cards, once per shard). `expected` is the free
+-- count the shard state says; a mismatch is an internal inconsistency, never ignored.
+CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bytea, expected integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    base constant integer := prefix * 1000000;
+    got integer;
+BEGIN
+    INSERT INTO idmint.entity_free (prefix, shard, pos, number)
+    SELECT _entity_build_deck.prefix, _entity_build_deck.shard,
+           ('x' || substr(x.u, 1, 8) || substr(x.u, 10, 4) || substr(x.u, 16, 3))::bit(60)::bigint, x.number
+    FROM (SELECT m.number, gen_random_uuid()::text AS u
+          FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
+                           - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
+                FROM generate_series(0, 4999) AS q) m
+          WHERE (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL) x;
+    GET DIAGNOSTICS got = ROW_COUNT;
+    IF got <> expected THEN
+        PERFORM idmint._error('entity_range_exhausted',
+            format('entity type %s: shard %s has %s free numbers, its count says %s', prefix, shard, got, expected));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer) IS
+    'Build the deck of a shard (its free numbers at secret random positions); ID005 if the count disagrees';
+
 -- The fast path for one number (column DEFAULTs, the trigger), used while the shard this
 -- transaction took last keeps sparse room; NULL otherwise (the caller then takes the
 -- general path). A uuid gives six random 20-bit values; each one below 1045000 (so that
@@ -293,6 +324,7 @@ DECLARE
     free_now integer;
     arm integer[] := '{}';
     newdeck integer[] := '{}';
+    late integer[] := '{}';
     free_left bigint;
     type_name text;
     ts constant timestamptz := statement_timestamp();
@@ -465,23 +497,18 @@ BEGIN
             END LOOP;
             nums := nums || shard_nums;
             shard_nums := NULL;
+            -- A large call that leaves the shard at its sparse limit builds its deck too
+            -- (below, once its numbers are inserted): 5 000 probes on top of at least
+            -- 1 000 numbers. So deck builds are spread over the calls that fill the type
+            -- instead of all falling on the first calls past 75 %.
+            IF k >= 1000 AND m - k <= sparse_min THEN
+                late := late || ARRAY[[s, m - k]];
+                st[j][4] := 1;
+                newdeck := newdeck || s;
+            END IF;
         ELSE
             IF st[j][4] = 0 THEN
-                -- The shard's deck: its free numbers, each under a secret random 60-bit
-                -- position (bounded: 5 000 probes and at most 1 250 cards, once per shard).
-                INSERT INTO idmint.entity_free (prefix, shard, pos, number)
-                SELECT p, s, ('x' || substr(x.u, 1, 8) || substr(x.u, 10, 4) || substr(x.u, 16, 3))::bit(60)::bigint,
-                       x.number
-                FROM (SELECT m.number, gen_random_uuid()::text AS u
-                      FROM (SELECT base + q * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + q % 100)
-                                       - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
-                            FROM generate_series(0, size - 1) AS q) m
-                      WHERE (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL) x;
-                GET DIAGNOSTICS got = ROW_COUNT;
-                IF got <> m THEN
-                    PERFORM idmint._error('entity_range_exhausted',
-                        format('entity type %s: shard %s has %s free numbers, its count says %s', p, s, got, m));
-                END IF;
+                PERFORM idmint._entity_build_deck(p, s, key, m);
                 st[j][4] := 1;
                 newdeck := newdeck || s;
             END IF;
@@ -523,6 +550,9 @@ BEGIN
     -- One insert, in number order (index locality); the caller gets draw order.
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
     SELECT x, bound, ts, how, who, pg_current_xact_id() FROM unnest(nums) AS x ORDER BY x;
+    FOR j IN 1 .. coalesce(array_length(late, 1), 0) LOOP
+        PERFORM idmint._entity_build_deck(p, late[j][1], key, late[j][2]);
+    END LOOP;
     RETURN QUERY SELECT x::text FROM unnest(nums) AS x;
     PERFORM idmint._entity_save(p, st, arm, newdeck);
     IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
