@@ -13,9 +13,10 @@ from typing import Any
 
 import psycopg
 
-from . import driver, entity, env, profile, report
+from . import app, driver, entity, env, profile, report
 
 HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +31,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--duration", type=float, help="seconds per driver-id point (default 10)")
     ap.add_argument("--reps", type=int, help="repetitions per driver-id point (default 3)")
-    ap.add_argument("--only", choices=("driver", "entity"), help="run one half only")
+    ap.add_argument(
+        "--only",
+        choices=("driver", "entity", "app"),
+        help="run one part only (app: the app-shaped entity benchmarks of issue 11)",
+    )
     ap.add_argument("--clients", type=int, nargs="+", help="only these client counts")
     ap.add_argument(
         "--profile",
@@ -43,8 +48,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the profile (no peer matrix, no entity numbers)",
     )
-    ap.add_argument("--out", type=Path, default=HERE / "results.json")
-    ap.add_argument("--chart", type=Path, default=HERE / "chart.png")
+    # Results go to bench/out/ (ignored by git); the committed results.json and chart.png
+    # are the runs docs/BENCHMARKS.md quotes.
+    ap.add_argument("--out", type=Path, default=OUT / "results.json")
+    ap.add_argument("--chart", type=Path, default=OUT / "chart.png")
     return ap.parse_args(argv)
 
 
@@ -104,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_only:
         args.profile = True
         args.only = "driver"
-        if args.out == HERE / "results.json":
-            args.out = HERE / "profile.json"
+        if args.out == OUT / "results.json":
+            args.out = OUT / "profile.json"
     duration = args.duration or (2.0 if quick else 10.0)
     reps = args.reps or (1 if quick else 3)
     started = time.monotonic()
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             f"machine: {m['nproc']} cpu, {m['memory_gib']} GiB, {m['postgresql'][:40]},"
             f" fsync probe: {m['fsync_probe'] or '-'}"
         )
-        if args.only != "entity":
+        if args.only in (None, "driver"):
             log("driver ids (pgbench -M prepared; Odoo peers with a Python client):")
             pts, dmeta = run_driver(
                 cluster, dsn, duration, reps, args.clients, quick, args.profile_only
@@ -150,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 log("profiling idmint's driver-id path:")
                 result["profile"] = profile.run(cluster, dsn, gs, log, min(duration, 5.0), reps)
-        if args.only != "driver" and not args.profile_only:
+        if args.only in (None, "app") and not args.profile_only:
+            log("entity numbers, app-shaped (open transactions, ORM path):")
+            result["app"] = app.run(dsn, quick, log)
+        if args.only in (None, "entity") and not args.profile_only:
             log("entity numbers: filling one type per fill level (idmint and the peer)...")
             with psycopg.connect(dsn, autocommit=True) as maint, psycopg.connect(dsn) as conn:
                 fills = entity.setup(maint, entity.FILLS)
@@ -165,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             result["entity_rows"] = report.entity_rows(result["entity"])
     result["targets"] = report.targets(
         result.get("driver", []), result.get("driver_ratios", []), result.get("entity_rows", [])
-    )
+    ) + report.app_targets(result.get("app"))
     result["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
     table = report.markdown(result)
     print()

@@ -296,7 +296,7 @@ def measure(
         )
         results.append(pt)
         maint.execute(
-            "VACUUM idmint.entity_numbers, idmint.entity_free, idmint.entity_ranges,"
-            f" idmint.entity_events, {table}"
+            "VACUUM idmint.entity_numbers, idmint.entity_free, idmint.entity_shards,"
+            f" idmint.entity_ranges, {table}"
         )
     return results

@@ -172,6 +172,39 @@ def _f(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def app_targets(app: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 11: open app transactions >= 0.8x the ADR design; DEFAULT <= 4x one bulk call."""
+    if not app:
+        return []
+    orm = app["orm"]
+    rows = [
+        (
+            "open app transactions (8 clients, 20 ms): idmint/ADR tx/s",
+            app["open_tx_ratio"],
+            ">=",
+            0.8,
+        ),
+        (
+            "ORM path, 10 000 rows: column DEFAULT / one bulk call",
+            orm["default_over_bulk"],
+            "<=",
+            4,
+        ),
+        ("ORM path (extra): trigger / one bulk call", orm["trigger_over_bulk"], "<=", 4),
+    ]
+    return [
+        {
+            "target": t,
+            "value": v,
+            "op": op,
+            "limit": lim,
+            "note": "",
+            "pass": (v >= lim) if op == ">=" else (v <= lim),
+        }
+        for t, v, op, lim in rows
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines: list[str] = []
     ratios = result.get("driver_ratios", [])

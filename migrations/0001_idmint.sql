@@ -134,67 +134,98 @@ COMMENT ON TABLE idmint.driver_id_events IS 'Who reserved, confirmed, released o
 CREATE INDEX driver_id_events_fleet ON idmint.driver_id_events (fleet_id, number);
 
 -- ==== sql/12_entity_tables.sql ====
--- Entity types, the issued entity numbers, the free pool of nearly full types, and the
--- audit of who issued them. Apps never read these tables: they see the views
--- idmint.entity_types and idmint.entity_capacity (sql/50) and call functions.
+-- Entity types, their shards, the issued entity numbers (with their audit) and the decks of
+-- nearly full shards. Apps never read these tables: they see the views idmint.entity_types
+-- and idmint.entity_capacity (sql/50) and call functions. The engine is described in sql/50.
 
--- One row per type. The row is the type's lock: every call that issues numbers of the
--- type reads and advances `issued` in one UPDATE, so issuers of one type queue on it.
+-- A secret random partition of a type's 1 000 000 numbers into 200 shards of 5 000 (550
+-- bytes, see sql/50 for how it is read): K1, a permutation of 0..199 (bytes 0..199), its
+-- inverse (200..399), K2 (400..499) and K3 (500..549), values 0..199. Strong random keys.
+CREATE FUNCTION idmint._new_partition_key() RETURNS bytea
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH k1 AS MATERIALIZED (
+        SELECT i, (row_number() OVER (ORDER BY gen_random_uuid()) - 1)::integer AS v
+        FROM generate_series(0, 199) i),
+    k23 AS MATERIALIZED (
+        SELECT (row_number() OVER (ORDER BY gen_random_uuid()) - 1)::integer AS v
+        FROM generate_series(0, 199) LIMIT 150)
+    SELECT decode((SELECT string_agg(lpad(to_hex(v), 2, '0'), '' ORDER BY i) FROM k1)
+                  || (SELECT string_agg(lpad(to_hex(i), 2, '0'), '' ORDER BY v) FROM k1)
+                  || (SELECT string_agg(lpad(to_hex(v), 2, '0'), '') FROM k23),
+                  'hex')
+$$;
+COMMENT ON FUNCTION idmint._new_partition_key() IS
+    'A new secret shard partition key for an entity type (K1, K1 inverse, K2, K3; 550 bytes)';
+
+-- One row per type.
 CREATE TABLE idmint.entity_ranges (
     prefix     integer     PRIMARY KEY CHECK (prefix BETWEEN 1 AND 9),
     name       text        NOT NULL UNIQUE
         CHECK (name <> '' AND name !~ '^\s|\s$' AND name !~ '^[0-9]$' AND length(name) <= 100),
     capacity   integer     NOT NULL DEFAULT 1000000 CHECK (capacity = 1000000),
-    -- Numbers of this type in idmint.entity_numbers (issued by any means, bound or not).
-    issued     integer     NOT NULL DEFAULT 0,
-    -- NULL while the type samples random candidates. Once it is half full: the
-    -- position in its shuffled deck of free numbers (idmint.entity_free) to deal next.
-    deck_next  bigint,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    CHECK (issued BETWEEN 0 AND capacity)
+    -- The secret partition of the type's numbers into shards (never shown to apps).
+    shard_key  bytea       NOT NULL DEFAULT idmint._new_partition_key() CHECK (length(shard_key) = 550),
+    -- The highest capacity threshold notified (0: none); see idmint._entity_alert.
+    alerted    numeric     NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE idmint.entity_ranges IS
-    'Entity types (prefix 1..9, name) with their issued counter; the row lock serialises issuers of a type';
+    'Entity types (prefix 1..9, name), their secret shard partition and the last capacity threshold notified';
+
+-- 200 shards per type, each owning 5 000 numbers of the secret partition. A transaction
+-- that issues from a shard holds the shard's row lock to its end; other issuers skip it
+-- (FOR UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
+-- once per transaction, at commit (trigger entity_shards_flush), never per call.
+CREATE TABLE idmint.entity_shards (
+    prefix  integer  NOT NULL,
+    shard   smallint NOT NULL CHECK (shard BETWEEN 0 AND 199),
+    issued  integer  NOT NULL DEFAULT 0 CHECK (issued BETWEEN 0 AND 5000),
+    -- The shard's free numbers are listed in idmint.entity_free (from 75 % full on).
+    deck    boolean  NOT NULL DEFAULT false,
+    -- True between a transaction's first issue from the shard and its commit-time count.
+    pending boolean  NOT NULL DEFAULT false,
+    PRIMARY KEY (prefix, shard)
+) WITH (fillfactor = 50);
+COMMENT ON TABLE idmint.entity_shards IS
+    'Entity type shards: committed count, deck flag; the row lock marks the transaction issuing from it';
 
 INSERT INTO idmint.entity_ranges (prefix, name) VALUES
     (1, 'part'), (2, 'material'), (3, 'batch'), (4, 'order'), (5, 'quote');
-
--- One row per call that issued numbers: who, when, how, how many.
-CREATE TABLE idmint.entity_events (
-    event_id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at               timestamptz NOT NULL DEFAULT clock_timestamp(),
-    prefix           integer     NOT NULL,
-    how              text        NOT NULL CHECK (how IN ('gen', 'claim', 'bind', 'backfill')),
-    count            integer     NOT NULL CHECK (count > 0),
-    actor            text        NOT NULL DEFAULT session_user,
-    application_name text        DEFAULT current_setting('application_name')
-);
-COMMENT ON TABLE idmint.entity_events IS
-    'Audit: one row per call that issued entity numbers (gen, claim, bind = by the trigger, backfill)';
+INSERT INTO idmint.entity_shards (prefix, shard)
+SELECT r.prefix, s FROM idmint.entity_ranges r, generate_series(0, 199) s;
 
 -- Every entity number ever issued (the whole 7-digit number; its first digit is the
--- type). The primary key is the one source of truth for "already issued" (ID004).
--- No foreign key to entity_events: it would cost a lookup per issued number.
+-- type), with its audit: when, how, by whom and by which transaction. The primary key is
+-- the one source of truth for "already issued" (ID004).
+-- No CHECK constraints: only idmint's functions write here, and an INSERT statement
+-- re-reads each CHECK expression (measured: a tenth of the per-row cost of a DEFAULT).
 CREATE TABLE idmint.entity_numbers (
-    number   integer     PRIMARY KEY CHECK (number BETWEEN 1000000 AND 9999999),
-    event_id bigint      NOT NULL,
+    number      integer     PRIMARY KEY,  -- 1000000..9999999
     -- Set when a row of an app table carries the number (trigger assign_entity_number).
-    bound_at timestamptz
+    bound_at    timestamptz,
+    issued_at   timestamptz NOT NULL,
+    how         text        NOT NULL,  -- gen, claim, bind (by the trigger), backfill
+    issued_by   text        NOT NULL,
+    -- Lets _unissue_entity_numbers touch only numbers of the calling transaction.
+    issued_xid  xid8        NOT NULL
 );
 COMMENT ON TABLE idmint.entity_numbers IS
-    'Every entity number issued, the event that issued it and when an app row bound it';
+    'Every entity number issued: when, how (gen, claim, bind = by the trigger, backfill), by whom, and when an app row bound it';
 
--- The deck of a type that is half full or more: its free numbers, shuffled once with
--- strong random sort keys (pos). Calls deal from deck_next on; the cards from deck_next on
--- are exactly the type's free numbers (claims delete theirs); dealt cards stay below it.
+-- The free numbers of a shard that is 75 % full or more (its deck), each at a secret
+-- random 60-bit position: a deal takes the run of cards from a random point on, so the
+-- order is a secure shuffle and there is no cursor a rollback could reveal.
 CREATE TABLE idmint.entity_free (
-    prefix integer NOT NULL,
-    pos    bigint  NOT NULL,
-    number integer NOT NULL UNIQUE,
-    PRIMARY KEY (prefix, pos) INCLUDE (number)
+    prefix integer  NOT NULL,
+    shard  smallint NOT NULL,
+    pos    bigint   NOT NULL,
+    number integer  NOT NULL UNIQUE,
+    PRIMARY KEY (prefix, shard, pos) INCLUDE (number)
 );
 COMMENT ON TABLE idmint.entity_free IS
-    'Shuffled deck of the free numbers of half-full entity types (secret order, dealt from deck_next on)';
+    'Free numbers of nearly full entity shards at secret random positions (dealt from a random point)';
 
 -- ==== sql/14_binding_tables.sql ====
 -- Provisional bindings of the triggers (assign_driver_id, assign_entity_number).
@@ -1155,27 +1186,25 @@ COMMENT ON FUNCTION idmint.assign_driver_id() IS
 -- ==== sql/50_entity_numbers.sql ====
 -- Entity numbers: 7 digits, the first is the type prefix 1..9, the other six random.
 --
--- Concurrency: every call that issues numbers of a type first reads and advances the
--- type's `issued` counter in one UPDATE of its idmint.entity_ranges row. That row lock
--- serialises the issuers of one type until they commit or roll back (other types are not
--- affected), which makes the ID005 check and the capacity thresholds exact and means no
--- call ever waits on, or collides with, another call's individual numbers. Under
--- REPEATABLE READ or SERIALIZABLE a concurrent issuer of the same type makes the UPDATE
--- fail with 40001: retry the transaction.
---
--- Sampling, uniform over the free numbers of the type, O(n) at any fill:
---  * while more than 500 000 numbers stay free (fill < 50 %): rounds of random 6-digit
---    candidates; the distinct ones not issued yet are inserted, the shortfall is drawn
---    again. Large rounds draw exactly the shortfall and probe/insert in sorted order;
---    the last (small) round draws enough for the fill and keeps the first free ones in
---    draw order. A candidate is free with probability 1 - fill > 0.5, so a call costs
---    about n / (1 - fill) < 2n index probes and n inserts.
---  * from the call that leaves 500 000 or fewer free on: the type's free numbers are shuffled
---    once into a deck (idmint.entity_free, positions from strong random sort keys); a
---    call deals the next n cards (one index-only range scan from deck_next; dealt cards
---    are left behind and never read again). A securely shuffled stored
---    order: the next cards are a uniform sample of the free numbers to anyone who cannot
---    read idmint's tables. Claims remove their number from the deck.
+-- Engine (docs/DESIGN.md has the reasoning and the measurements):
+--  * Shards. Each type's 1 000 000 numbers are split by a secret random partition
+--    (entity_ranges.shard_key) into 200 shards of 5 000 numbers spread over the whole range.
+--    A transaction issues only from shards it holds: it locks them with FOR UPDATE SKIP
+--    LOCKED, chosen at random weighted by their free numbers, and keeps them to its end.
+--    So no issuer waits for another, and an insert into a held shard never meets another
+--    transaction's uncommitted number. A call waits only when the shards nobody holds
+--    cannot supply it; then it locks the rest in shard order and decides on committed
+--    state (ID005). A transaction keeps using the shards it holds for its later calls.
+--  * Counts. entity_shards.issued counts a shard's committed numbers. A transaction keeps
+--    its own counts in a transaction-local setting and adds them to its shards once, at
+--    commit (a deferred constraint trigger), so a call writes no counter row and a column
+--    DEFAULT never updates a row once per inserted row. entity_capacity sums the shards.
+--  * Within a shard: random members with an index probe while it keeps 1 250 free (at
+--    most 4 probes per number); then a deck of its free numbers, each at a secret random
+--    position, built once (bounded by the shard: 5 000 probes); a call deals the run of
+--    cards from a fresh random point on, so there is no cursor a rollback could reveal.
+--  * Numbers come out in draw order (random). Claims take the number's own shard (and
+--    wait if another open transaction holds it); un-issues put numbers back.
 -- Randomness: gen_random_uuid() (the server's strong random source; setseed() and
 -- random() play no part). Each uuid yields six independent uniform 20-bit values; values
 -- outside the wanted range are rejected, so every draw is exactly uniform.
@@ -1260,36 +1289,233 @@ $$;
 COMMENT ON FUNCTION idmint._entity_prefix(text) IS
     'Resolve an entity given as a one-digit text or a type name to its prefix; ID003 NULL/empty/0, ID008 unknown';
 
+-- Probes of entity_numbers are written as correlated scalar subqueries, `(SELECT true ...)
+-- IS NULL`: unlike NOT EXISTS they cannot become a hash anti-join over the whole table.
+
+-- Where shard s keeps its q-th number (q in 0..4999): the secret partition key maps the
+-- 6-digit part v = q * 200 + r to shard (K1[r] + K2[q % 100] + K3[q / 100]) % 200, so each
+-- shard owns exactly one r per q, i.e. r = K1inv[(s - K2[q % 100] - K3[q / 100]) mod 200].
+-- The hot paths inline the same expression (a function call per number costs more).
+CREATE FUNCTION idmint._entity_member(key bytea, shard integer, q integer) RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT q * 200 + get_byte(key, 200 + ((shard - get_byte(key, 400 + q % 100) - get_byte(key, 500 + q / 100)) % 200 + 400) % 200)
+$$;
+COMMENT ON FUNCTION idmint._entity_member(bytea, integer, integer) IS
+    'The 6-digit part of the q-th number (0..4999) of a shard under a partition key';
+
+CREATE FUNCTION idmint._entity_shard_of(key bytea, v integer) RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (get_byte(key, v % 200) + get_byte(key, 400 + (v / 200) % 100) + get_byte(key, 500 + v / 20000)) % 200
+$$;
+COMMENT ON FUNCTION idmint._entity_shard_of(bytea, integer) IS
+    'The shard (0..199) that owns the 6-digit part v of a number under a partition key';
+
+-- This transaction's view of a type's shards lives in the transaction-local setting
+-- idmint.entity_<prefix>: one row {shard, issued (committed, read when the shard was
+-- locked), mine (issued by this transaction since), deck (0/1), armed (0/1: a commit-time
+-- count is queued)} per shard the transaction holds, the most recently taken last.
+-- set_config(..., true) settings end with the transaction and are undone by a rolled-back
+-- savepoint, exactly like the rows and row locks they describe.
+CREATE FUNCTION idmint._entity_state(prefix integer) RETURNS integer[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    setting text := current_setting('idmint.entity_' || prefix, true);
+BEGIN
+    RETURN CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_state(integer) IS
+    'This transaction''s held shards of an entity type: rows {shard, issued, mine, deck, armed}';
+
+-- A secret random deck position: 60 bits from the strong source.
+CREATE FUNCTION idmint._random_pos() RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- 60 of the uuid's random bits: its text without the version digit (character 15).
+    SELECT ('x' || substr(u, 1, 8) || substr(u, 10, 4) || substr(u, 16, 3))::bit(60)::bigint
+    FROM (SELECT gen_random_uuid()::text AS u) g
+$$;
+COMMENT ON FUNCTION idmint._random_pos() IS 'A uniformly random 60-bit deck position from gen_random_uuid()';
+
+-- Save the state and queue the commit-time count of the shards not armed yet (and mark new
+-- decks). The state is written first: under SET CONSTRAINTS ALL IMMEDIATE the count runs
+-- at the end of the UPDATE and must find it.
+CREATE FUNCTION idmint._entity_save(prefix integer, st integer[], arm integer[], newdeck integer[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('idmint.entity_' || prefix, st::text, true);
+    IF cardinality(arm) > 0 OR cardinality(newdeck) > 0 THEN
+        UPDATE idmint.entity_shards x SET pending = true, deck = x.deck OR x.shard = ANY (newdeck)
+        WHERE x.prefix = _entity_save.prefix AND x.shard = ANY (arm || newdeck);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_save(integer, integer[], integer[], integer[]) IS
+    'Store this transaction''s shard state of a type and queue the commit-time count of newly used shards';
+
+-- Build a shard's deck: its free numbers, each under a secret random 60-bit position
+-- (bounded: 5 000 probes and at most 1 250 cards, once per shard). `expected` is the free
+-- count the shard state says; a mismatch is an internal inconsistency, never ignored.
+CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bytea, expected integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    base constant integer := prefix * 1000000;
+    got integer;
+BEGIN
+    INSERT INTO idmint.entity_free (prefix, shard, pos, number)
+    SELECT _entity_build_deck.prefix, _entity_build_deck.shard,
+           ('x' || substr(x.u, 1, 8) || substr(x.u, 10, 4) || substr(x.u, 16, 3))::bit(60)::bigint, x.number
+    FROM (SELECT m.number, gen_random_uuid()::text AS u
+          FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
+                           - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
+                FROM generate_series(0, 4999) AS q) m
+          WHERE (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL) x;
+    GET DIAGNOSTICS got = ROW_COUNT;
+    IF got <> expected THEN
+        PERFORM idmint._error('entity_range_exhausted',
+            format('entity type %s: shard %s has %s free numbers, its count says %s', prefix, shard, got, expected));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer) IS
+    'Build the deck of a shard (its free numbers at secret random positions); ID005 if the count disagrees';
+
+-- The fast path for one number (column DEFAULTs, the trigger), used while the shard this
+-- transaction took last keeps sparse room; NULL otherwise (the caller then takes the
+-- general path). A uuid gives six random 20-bit values; each one below 1045000 (so that
+-- v % 5000 is uniform) names a random member of the shard, and the first free one is
+-- inserted. ON CONFLICT never waits here: only this transaction inserts into the shard.
+-- Few statements on purpose: at one number per call, each statement is the cost.
+CREATE FUNCTION idmint._issue_one(prefix integer, key bytea, how text, bind boolean) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    setting text := current_setting('idmint.entity_' || prefix, true);
+    st integer[];
+    j integer;
+    s integer;
+    b bytea;
+    v integer;
+    got integer;
+BEGIN
+    IF setting IS NULL OR setting = '' THEN
+        RETURN NULL;
+    END IF;
+    st := setting::integer[];
+    j := array_length(st, 1);
+    IF st[j][4] <> 0 OR 5000 - st[j][2] - st[j][3] <= 1250 THEN  -- sizes as in _issue_entity_numbers
+        RETURN NULL;
+    END IF;
+    s := st[j][1];
+    <<draw>>
+    LOOP
+        b := uuid_send(gen_random_uuid());
+        FOR t IN 0 .. 5 LOOP
+            v := CASE t
+                WHEN 0 THEN (get_byte(b, 0) << 12) | (get_byte(b, 1) << 4) | (get_byte(b, 2) >> 4)
+                WHEN 1 THEN ((get_byte(b, 2) & 15) << 16) | (get_byte(b, 3) << 8) | get_byte(b, 4)
+                WHEN 2 THEN (get_byte(b, 9) << 12) | (get_byte(b, 10) << 4) | (get_byte(b, 11) >> 4)
+                WHEN 3 THEN ((get_byte(b, 11) & 15) << 16) | (get_byte(b, 12) << 8) | get_byte(b, 13)
+                WHEN 4 THEN (get_byte(b, 5) << 12) | (get_byte(b, 7) << 4) | (get_byte(b, 6) & 15)
+                ELSE ((get_byte(b, 8) & 63) << 14) | (get_byte(b, 14) << 6) | (get_byte(b, 15) >> 2) END;
+            CONTINUE WHEN v >= 1045000;
+            v := v % 5000;
+            INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
+            VALUES (prefix * 1000000 + v * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + v % 100)
+                        - get_byte(key, 500 + v / 100)) % 200 + 400) % 200),
+                    CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, pg_current_xact_id())
+            ON CONFLICT DO NOTHING
+            RETURNING e.number INTO got;
+            EXIT draw WHEN got IS NOT NULL;
+        END LOOP;
+    END LOOP;
+    st[j][3] := st[j][3] + 1;
+    IF st[j][5] = 0 THEN
+        st[j][5] := 1;
+        PERFORM idmint._entity_save(prefix, st, ARRAY[s], '{}');
+    ELSE
+        PERFORM set_config('idmint.entity_' || prefix, st::text, true);
+    END IF;
+    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+        PERFORM idmint._durable();
+    END IF;
+    RETURN got::text;
+END
+$$;
+COMMENT ON FUNCTION idmint._issue_one(integer, bytea, text, boolean) IS
+    'Fast path: one number from the shard this transaction holds last while it has sparse room; NULL when the general path is needed';
+
 -- The one allocator. Issues n numbers of type `prefix` (checked here: ID003 outside 1..9,
 -- ID008 unregistered; n first, so a huge n fails at once) in the caller's transaction and
--- returns them (in no particular order). `how` goes to the audit; `bind` marks the numbers as
+-- returns them in random order. `how` goes to the audit; `bind` marks the numbers as
 -- carried by an app row already (the trigger's own numbers).
 CREATE FUNCTION idmint._issue_entity_numbers(prefix integer, n integer, how text, bind boolean DEFAULT false)
 RETURNS SETOF text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET work_mem = '32MB'
-SET jit = off
+-- Planning the statements below per call costs more than running them for one number;
+-- their plans do not depend on the values (probes are correlated subqueries).
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    -- At this many free numbers (after the call) or fewer, a type switches to its deck.
-    -- Measured: below 50 % fill random candidates cost about 2x a plain insert of known
-    -- free numbers (two probes per number at 50 %), dealing from the deck about 1-1.4x;
-    -- the deck (at most 500 000 + n rows) costs one shuffle when it is built.
-    deck_threshold constant integer := 500000;
     p constant integer := _issue_entity_numbers.prefix;
+    size constant integer := 5000;        -- numbers per shard
+    -- A shard draws random candidates while it keeps at least this many free (at most 4
+    -- probes per number); below, it deals from its deck (built once: at most 1 250 cards).
+    -- Measured (50 000-number steps): from 50 % on, twice as many calls build decks.
+    sparse_min constant integer := 1250;
     base integer;
-    bound timestamptz := CASE WHEN bind THEN now() END;
-    before integer;
-    cap integer;
-    next_pos bigint;
-    type_name text;
-    free_left integer;
-    ev bigint;
-    need integer := n;
+    key bytea;
+    st integer[];
+    take integer[] := '{}';
+    fresh integer[];
+    held integer[];
+    want integer := n;
+    phase integer := 1;
+    room integer;
+    k integer;
+    m integer;
+    s integer;
+    need integer;
     got integer;
-    numbers integer[];
+    j integer;
+    got_text text;
+    setting text;
+    total integer;
+    kk integer;
+    share integer;
+    rest integer;
+    draws integer;
+    lim integer;
+    start bigint;
     last_pos bigint;
+    nums integer[] := '{}';
+    got_nums integer[];
+    shard_nums integer[];
+    free_now integer;
+    arm integer[] := '{}';
+    newdeck integer[] := '{}';
+    late integer[] := '{}';
+    free_left bigint;
+    type_name text;
+    ts constant timestamptz := statement_timestamp();
+    who constant text := session_user;
+    bound timestamptz := CASE WHEN bind THEN now() END;
 BEGIN
     -- n is checked first, so that a huge n fails at once.
     IF n IS NULL OR n NOT BETWEEN 1 AND 100000 THEN
@@ -1298,103 +1524,319 @@ BEGIN
     ELSIF p IS NULL OR p NOT BETWEEN 1 AND 9 THEN
         PERFORM idmint._entity_prefix(p);  -- ID003
     END IF;
-    base := p * 1000000;
-    -- The type lock, and the read-and-increment of its counter, in one statement.
-    UPDATE idmint.entity_ranges r SET issued = r.issued + n
-    WHERE r.prefix = p AND r.issued <= r.capacity - n
-    RETURNING r.issued - n, r.capacity, r.deck_next INTO before, cap, next_pos;
+    SELECT r.shard_key INTO key FROM idmint.entity_ranges r WHERE r.prefix = p;
     IF NOT FOUND THEN
-        SELECT r.capacity - r.issued, r.name INTO free_left, type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
-        IF NOT FOUND THEN
-            PERFORM idmint._entity_prefix(p);  -- ID008
-        END IF;
-        PERFORM idmint._error('entity_range_exhausted',
-            format('entity type %s (%s) has %s free number(s), %s requested', p, type_name, free_left, n),
-            CASE WHEN free_left > 0 THEN format('ask for at most %s', free_left)
-                 ELSE 'the type''s 1 000 000 numbers are all issued; register another type with idmint.add_entity_type' END);
+        PERFORM idmint._entity_prefix(p);  -- ID008
     END IF;
-    INSERT INTO idmint.entity_events (prefix, how, count) VALUES (p, how, n) RETURNING event_id INTO ev;
+    base := p * 1000000;
+    -- (_entity_state inlined: each call of a function that pins search_path is costly.)
+    setting := current_setting('idmint.entity_' || p, true);
+    st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
 
-    IF next_pos IS NULL AND cap - before - n > deck_threshold THEN
-        -- Rounds of random candidates; the distinct ones not issued yet are inserted
-        -- (plain INSERT: the type lock keeps other issuers out) and the shortfall is
-        -- drawn again. Each round's result is a uniform sample of the free numbers
-        -- given its size, so the union is too.
-        LOOP
-            free_left := cap - before - (n - need);
-            IF need >= 1000 THEN
-                -- Large round: exactly `need` candidates (so none is surplus), probed and
-                -- inserted in sorted order (index locality: about twice as fast).
-                RETURN QUERY
-                WITH ins AS (
-                    INSERT INTO idmint.entity_numbers AS e (number, event_id, bound_at)
-                    SELECT c.number, ev, bound
-                    FROM (SELECT DISTINCT base + d.v AS number
-                          FROM (SELECT x.v FROM idmint._random_draws(need + need / 16 + 12) AS x(v)
-                                WHERE x.v < 1000000 LIMIT need) d
-                          ORDER BY 1) c
-                    -- Nothing to probe while the type has no number issued at all.
-                    WHERE before + n - need = 0
-                       OR NOT EXISTS (SELECT FROM idmint.entity_numbers y WHERE y.number = c.number)
-                    ORDER BY c.number
-                    RETURNING e.number::text)
-                SELECT ins.number FROM ins;
-            ELSE
-                -- Small round: candidates sized by the fill, and the first `need` free ones
-                -- in draw order are kept (chosen by position only, so still uniform).
-                RETURN QUERY
-                WITH ins AS (
-                    INSERT INTO idmint.entity_numbers AS e (number, event_id, bound_at)
-                    SELECT DISTINCT c.number, ev, bound
-                    FROM (SELECT base + d.v AS number
-                          FROM idmint._random_draws(ceil((need * 1.1 + 12) * cap / free_left)::integer)
-                               WITH ORDINALITY AS d(v, i)
-                          WHERE d.v < 1000000
-                            AND NOT EXISTS (SELECT FROM idmint.entity_numbers y WHERE y.number = base + d.v)
-                          ORDER BY d.i
-                          LIMIT need) c
-                    RETURNING e.number::text)
-                SELECT ins.number FROM ins;
+    -- One number from the shard this transaction took last, if it has sparse room.
+    IF n = 1 AND cardinality(st) > 0 THEN
+        got_text := idmint._issue_one(p, key, how, bind);
+        IF got_text IS NOT NULL THEN
+            RETURN NEXT got_text;
+            RETURN;
+        END IF;
+    END IF;
+
+    -- Plan how many numbers each shard gives, phase by phase, until the plan covers n:
+    --  1. the shards this transaction holds, kept sparse (the most recently taken first);
+    --  2. more shards with sparse room, locked with SKIP LOCKED (never waits), in a random
+    --     order weighted by their free numbers;
+    --  3. the held shards down to their last number (decks);
+    --  4. any other unlocked shard with a free number;
+    --  5. only now wait: lock every other shard of the type (in shard order, so two
+    --     waiters cannot deadlock on them); what is still missing is missing on committed
+    --     state: ID005.
+    WHILE want > 0 LOOP
+        fresh := NULL;
+        IF phase IN (2, 4) THEN
+            held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
+            lim := CASE WHEN phase = 2 THEN sparse_min ELSE 0 END;
+            -- About how many shards cover `want` (in phase 4 a quarter more for small calls,
+            -- so that the plan takes from each in proportion: see below; large calls take
+            -- no more shards than they need, as each may need its deck built).
+            SELECT ceil(want * (CASE WHEN phase = 4 AND want < 1000 THEN 1.25 ELSE 1 END)
+                        / avg(size - y.issued - lim))::integer INTO kk
+            FROM idmint.entity_shards y
+            WHERE y.prefix = p AND y.issued < size - lim AND y.shard <> ALL (held);
+            IF kk > 0 THEN
+                -- Efraimidis-Spirakis keys ln(u) / free (u from the strong source) give a
+                -- random order weighted by free numbers; LIMIT counts only the rows this
+                -- call could lock (SKIP LOCKED passes over those others hold).
+                -- (One 20-bit draw per shard, matched by shard number: 34 uuids, not 200.)
+                SELECT array_agg(ARRAY[z.shard::integer, z.issued, 0, z.deck::integer, 0] ORDER BY z.w DESC) INTO fresh
+                FROM (SELECT x.shard, x.issued, x.deck, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
+                      FROM idmint.entity_shards x
+                      JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
+                      WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
+                      ORDER BY 4 DESC
+                      LIMIT kk
+                      FOR UPDATE OF x SKIP LOCKED) z;
             END IF;
-            GET DIAGNOSTICS got = ROW_COUNT;
-            need := need - got;
-            EXIT WHEN need = 0;
+        ELSIF phase = 5 THEN
+            held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
+            SELECT array_agg(ARRAY[z.shard::integer, z.issued, 0, z.deck::integer, 0] ORDER BY z.shard) INTO fresh
+            FROM (SELECT x.shard, x.issued, x.deck FROM idmint.entity_shards x
+                  WHERE x.prefix = p AND x.shard <> ALL (held)
+                  ORDER BY x.shard FOR UPDATE) z;
+        END IF;
+        IF fresh IS NOT NULL THEN
+            st := st || fresh;
+        END IF;
+        WHILE cardinality(take) < coalesce(array_length(st, 1), 0) LOOP
+            take := take || 0;
         END LOOP;
-    ELSE
-        IF next_pos IS NULL THEN
-            -- Crossing into deck mode: shuffle the free numbers (the complement of the
-            -- issued ones) once, with strong random sort keys.
-            INSERT INTO idmint.entity_free (prefix, pos, number)
-            SELECT p, row_number() OVER (ORDER BY gen_random_uuid()), g
-            FROM generate_series(base, base + cap - 1) AS g
-            WHERE NOT EXISTS (SELECT FROM idmint.entity_numbers y
-                              WHERE y.number = g AND y.number BETWEEN base AND base + cap - 1);
-            next_pos := 1;
+        IF phase <= 2 THEN
+            -- Growing: fill the held shards up to their sparse limit, one after another.
+            FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
+                EXIT WHEN want = 0;
+                room := size - st[j][2] - st[j][3] - take[j]
+                        - CASE WHEN st[j][4] = 0 THEN sparse_min ELSE 0 END;
+                IF room > 0 THEN
+                    k := least(room, want);
+                    take[j] := take[j] + k;
+                    want := want - k;
+                END IF;
+            END LOOP;
+        ELSE
+            -- Nearly full: take from every held shard in proportion to its free numbers,
+            -- so that shards drain evenly and the last free numbers stay spread over many
+            -- shards (one open transaction then holds few of them).
+            total := 0;
+            FOR j IN 1 .. coalesce(array_length(st, 1), 0) LOOP
+                total := total + greatest(0, size - st[j][2] - st[j][3] - take[j]);
+            END LOOP;
+            IF total > 0 THEN
+                share := least(want, total);
+                rest := share;
+                FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
+                    room := greatest(0, size - st[j][2] - st[j][3] - take[j]);
+                    k := floor(share::numeric * room / total);
+                    take[j] := take[j] + k;
+                    rest := rest - k;
+                END LOOP;
+                FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
+                    EXIT WHEN rest = 0;
+                    room := size - st[j][2] - st[j][3] - take[j];
+                    IF room > 0 THEN
+                        k := least(room, rest);
+                        take[j] := take[j] + k;
+                        rest := rest - k;
+                    END IF;
+                END LOOP;
+                want := want - share;
+            END IF;
         END IF;
-        -- Deal the next n cards: one index-only range scan. Dealt cards stay in the
-        -- table (below deck_next, never read again): no DELETE cost per number.
-        SELECT array_agg(z.number ORDER BY z.pos), max(z.pos) INTO numbers, last_pos
-        FROM (SELECT z.pos, z.number FROM idmint.entity_free z
-              WHERE z.prefix = p AND z.pos >= next_pos ORDER BY z.pos LIMIT n) z;
-        IF cardinality(numbers) IS DISTINCT FROM n THEN
-            -- Cannot happen while the cards from deck_next on are exactly the free numbers.
+        IF want > 0 AND phase = 5 THEN
+            SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
+            free_left := n - want;
             PERFORM idmint._error('entity_range_exhausted',
-                format('entity type %s: the free-number deck is inconsistent', p));
+                format('entity type %s (%s) has %s free number(s), %s requested', p, type_name, free_left, n),
+                CASE WHEN free_left > 0 THEN format('ask for at most %s', free_left)
+                     ELSE 'the type''s 1 000 000 numbers are all issued; register another type with idmint.add_entity_type' END);
         END IF;
-        UPDATE idmint.entity_ranges r SET deck_next = last_pos + 1 WHERE r.prefix = p;
-        INSERT INTO idmint.entity_numbers (number, event_id, bound_at)
-        SELECT x, ev, bound FROM unnest(numbers) AS x ORDER BY x;
-        RETURN QUERY SELECT x::text FROM unnest(numbers) AS x;
-    END IF;
+        -- Phases 2 and 4 repeat while they find shards (some may have been taken meanwhile).
+        IF NOT (phase IN (2, 4) AND fresh IS NOT NULL) THEN
+            phase := phase + 1;
+        END IF;
+    END LOOP;
 
-    PERFORM idmint._durable();
-    IF (before + n) * 5 >= cap * 3 THEN  -- the lowest threshold is 0.6
-        PERFORM idmint._capacity_alert('entity', to_jsonb(p), cap, before, before + n, '{0.6,0.8,0.95}');
+    FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
+        k := take[j];
+        CONTINUE WHEN k IS NULL OR k = 0;
+        s := st[j][1];
+        m := size - st[j][2] - st[j][3];  -- the shard's free numbers
+        IF st[j][4] = 0 AND m - k >= sparse_min THEN
+            -- Sparse: random members of the shard (uniform draws, so also after birthday
+            -- repeats); the first distinct ones not issued yet, in draw order, are taken.
+            -- No other transaction can insert into a shard this one holds: no waits.
+            need := k;
+            LOOP
+                -- Enough draws for `need` distinct free members with a margin: d draws
+                -- of 5 000 reach about 5 000 * (1 - exp(-d / 5 000)) distinct members.
+                free_now := m - (k - need);
+                draws := ceil(-size * ln(greatest(0.02, 1 - (need * 1.05 + 12)::float8 / free_now)) * 1.003 + 6)::integer;
+                SELECT array_agg(c.number ORDER BY c.i) INTO got_nums
+                FROM (SELECT c.number, c.i
+                      FROM (SELECT c.number, min(c.i) AS i
+                            FROM (SELECT base + d.q * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + d.q % 100)
+                                             - get_byte(key, 500 + d.q / 100)) % 200 + 400) % 200) AS number,
+                                         d.i
+                                  FROM (SELECT x.v % 5000 AS q, x.i
+                                        FROM idmint._random_draws(draws) WITH ORDINALITY AS x(v, i)
+                                        WHERE x.v < 1045000) d) c
+                            GROUP BY c.number) c
+                      WHERE (st[j][2] + st[j][3] + k - need = 0  -- nothing issued in the shard: no probe
+                             OR (SELECT true FROM idmint.entity_numbers y WHERE y.number = c.number) IS NULL)
+                        AND c.number <> ALL (coalesce(shard_nums, '{}'))
+                      ORDER BY c.i
+                      LIMIT need) c;
+                shard_nums := coalesce(shard_nums, '{}') || coalesce(got_nums, '{}');
+                need := k - cardinality(shard_nums);
+                EXIT WHEN need = 0;
+            END LOOP;
+            nums := nums || shard_nums;
+            shard_nums := NULL;
+            -- A large call that leaves the shard at its sparse limit builds its deck too
+            -- (below, once its numbers are inserted): 5 000 probes on top of at least
+            -- 1 000 numbers. So deck builds are spread over the calls that fill the type
+            -- instead of all falling on the first calls past 75 %.
+            IF k >= 1000 AND m - k <= sparse_min THEN
+                late := late || ARRAY[[s, m - k]];
+                st[j][4] := 1;
+                newdeck := newdeck || s;
+            END IF;
+        ELSE
+            IF st[j][4] = 0 THEN
+                PERFORM idmint._entity_build_deck(p, s, key, m);
+                st[j][4] := 1;
+                newdeck := newdeck || s;
+            END IF;
+            -- Deal k cards: the run of positions from a fresh random point on (wrapping
+            -- around). The positions are a secret shuffle, so to anyone who cannot read
+            -- the table these are k uniformly random free numbers in random order; a
+            -- rolled-back deal tells nothing about the next one (a new random point).
+            start := idmint._random_pos();
+            SELECT array_agg(z.number ORDER BY z.pos), max(z.pos), count(*) INTO got_nums, last_pos, got
+            FROM (SELECT z.pos, z.number FROM idmint.entity_free z
+                  WHERE z.prefix = p AND z.shard = s AND z.pos >= start
+                  ORDER BY z.pos LIMIT k) z;
+            IF got > 0 THEN
+                DELETE FROM idmint.entity_free f
+                WHERE f.prefix = p AND f.shard = s AND f.pos BETWEEN start AND last_pos;
+            END IF;
+            IF got < k THEN
+                -- Wrap around: the cards left are all below `start`.
+                SELECT coalesce(got_nums, '{}') || array_agg(z.number ORDER BY z.pos), max(z.pos)
+                INTO got_nums, last_pos
+                FROM (SELECT z.pos, z.number FROM idmint.entity_free z
+                      WHERE z.prefix = p AND z.shard = s
+                      ORDER BY z.pos LIMIT k - got) z;
+                DELETE FROM idmint.entity_free f
+                WHERE f.prefix = p AND f.shard = s AND f.pos <= last_pos;
+            END IF;
+            IF cardinality(got_nums) IS DISTINCT FROM k THEN
+                PERFORM idmint._error('entity_range_exhausted',
+                    format('entity type %s: the deck of shard %s is short of its count', p, s));
+            END IF;
+            nums := nums || got_nums;
+        END IF;
+        st[j][3] := st[j][3] + k;
+        IF st[j][5] = 0 THEN
+            st[j][5] := 1;
+            arm := arm || s;
+        END IF;
+    END LOOP;
+    -- One insert, in number order (index locality); the caller gets draw order.
+    INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
+    SELECT x, bound, ts, how, who, pg_current_xact_id() FROM unnest(nums) AS x ORDER BY x;
+    FOR j IN 1 .. coalesce(array_length(late, 1), 0) LOOP
+        PERFORM idmint._entity_build_deck(p, late[j][1], key, late[j][2]);
+    END LOOP;
+    RETURN QUERY SELECT x::text FROM unnest(nums) AS x;
+    PERFORM idmint._entity_save(p, st, arm, newdeck);
+    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+        PERFORM idmint._durable();
     END IF;
 END
 $$;
 COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean) IS
-    'Issue n numbers of a type under its lock, uniform over its free numbers; ID005 (nothing issued) if fewer are free';
+    'Issue n numbers of a type from shards this transaction holds (SKIP LOCKED: never waits while enough free numbers are not held by others), uniform within each shard; ID005 (nothing issued) if fewer are free on committed state';
+
+-- Count a transaction's numbers into its shards, at commit (deferred trigger on the
+-- arming UPDATE). The first firing counts every armed shard of every type, types in prefix
+-- order (so two committing transactions take the alert locks in the same order); later
+-- firings find nothing armed. Issuing again after a count (e.g. from another commit-time
+-- trigger) arms the shard again, and that queues another firing.
+CREATE FUNCTION idmint._entity_flush() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    setting text;
+    st integer[];
+    shards integer[];
+    counts integer[];
+BEGIN
+    FOR p IN 1 .. 9 LOOP
+        setting := current_setting('idmint.entity_' || p, true);
+        CONTINUE WHEN setting IS NULL OR setting = '';
+        st := setting::integer[];
+        shards := '{}';
+        counts := '{}';
+        FOR j IN 1 .. coalesce(array_length(st, 1), 0) LOOP
+            IF st[j][5] = 1 THEN
+                shards := shards || st[j][1];
+                counts := counts || st[j][3];
+                st[j][2] := st[j][2] + st[j][3];
+                st[j][3] := 0;
+                st[j][5] := 0;
+            END IF;
+        END LOOP;
+        CONTINUE WHEN cardinality(shards) = 0;
+        PERFORM set_config('idmint.entity_' || p, st::text, true);
+        UPDATE idmint.entity_shards x SET issued = x.issued + c.n, pending = false
+        FROM unnest(shards, counts) AS c(shard, n)
+        WHERE x.prefix = p AND x.shard = c.shard;
+        PERFORM idmint._entity_alert(p);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_flush() IS
+    'Deferred trigger: add this transaction''s numbers to the counts of the shards it holds, then check the capacity thresholds';
+
+CREATE CONSTRAINT TRIGGER entity_shards_flush AFTER UPDATE ON idmint.entity_shards
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW WHEN (NEW.pending)
+EXECUTE FUNCTION idmint._entity_flush();
+
+-- NOTIFY idmint_capacity for each threshold (0.6, 0.8, 0.95) that the type's committed count
+-- has reached and that was not notified yet (entity_ranges.alerted). Called while counting
+-- at commit. Below 50 % fill nothing can be due, and it returns without a lock; from 50 %
+-- on it serialises the committing transactions of the type on the type row (for the
+-- moment of their commit only), so each crossing is sent once, by the commit that makes
+-- it. (Only if transactions holding together more than 100 000 uncommitted numbers commit
+-- at the same instant from below 50 % can 0.6 be sent by the next commit of the type.)
+CREATE FUNCTION idmint._entity_alert(prefix integer) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    total bigint;
+    cap integer;
+    level numeric;
+    reached numeric;
+BEGIN
+    SELECT r.alerted INTO level FROM idmint.entity_ranges r WHERE r.prefix = _entity_alert.prefix;
+    IF level >= 0.95 THEN
+        RETURN;
+    END IF;
+    SELECT sum(x.issued) INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
+    IF total * 2 < 1000000 THEN
+        RETURN;
+    END IF;
+    SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
+    WHERE r.prefix = _entity_alert.prefix FOR UPDATE;
+    -- A new snapshot, taken after the lock: it sees every commit that held it before.
+    SELECT sum(x.issued) INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
+    reached := coalesce((SELECT max(t) FROM unnest(idmint._thresholds('entity')) AS t WHERE total >= t * cap), 0);
+    IF reached > level THEN
+        -- Only the thresholds above the last one notified, each reached one once.
+        PERFORM idmint._capacity_alert('entity', to_jsonb(_entity_alert.prefix), cap, 0, total,
+                                       ARRAY(SELECT t FROM unnest(idmint._thresholds('entity')) AS t WHERE t > level));
+    END IF;
+    IF reached <> level THEN
+        UPDATE idmint.entity_ranges r SET alerted = reached WHERE r.prefix = _entity_alert.prefix;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_alert(integer) IS
+    'At commit: notify each entity capacity threshold the type''s committed count reached for the first time (exactly once per crossing)';
 
 -- The public generators are one-line wrappers of the allocator. Measured: calling it in
 -- FROM costs about a third of calling it in the select list (ProjectSet), per call.
@@ -1412,50 +1854,131 @@ AS $$ SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(entity), 
 COMMENT ON FUNCTION idmint.gen_entity_numbers(text, integer) IS
     'gen_entity_numbers for a type given as a one-digit text or a type name (ID008 unknown)';
 
+-- The single-number generators resolve the type and its key in one statement and try
+-- the fast path before the general one: as a column DEFAULT they run once per row.
 CREATE FUNCTION idmint.gen_entity_number(entity integer) RETURNS text
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT x FROM idmint._issue_entity_numbers(entity, 1, 'gen') AS x $$;
+AS $$
+DECLARE
+    key bytea;
+    got text;
+BEGIN
+    SELECT r.shard_key INTO key FROM idmint.entity_ranges r WHERE r.prefix = entity;
+    IF key IS NOT NULL THEN
+        got := idmint._issue_one(entity, key, 'gen', false);
+    END IF;
+    IF got IS NULL THEN
+        SELECT x INTO got FROM idmint._issue_entity_numbers(entity, 1, 'gen') AS x;
+    END IF;
+    RETURN got;
+END
+$$;
 COMMENT ON FUNCTION idmint.gen_entity_number(integer) IS
     'One new random number of the type with this prefix; usable as a column DEFAULT. ID003/ID005/ID008 as gen_entity_numbers';
 
 CREATE FUNCTION idmint.gen_entity_number(entity text) RETURNS text
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(entity), 1, 'gen') AS x $$;
-COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
-    'One new random number of a type given by name or one-digit text, e.g. DEFAULT idmint.gen_entity_number(''part'')';
-
--- Give back numbers this transaction issued (a trigger''s row that was never stored):
--- afterwards the type is as if they had never been issued.
-CREATE FUNCTION idmint._unissue_entity_numbers(numbers integer[]) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p integer;
-    k integer;
+    key bytea;
+    setting text;
+    st integer[];
+    j integer;
+    s integer;
+    b bytea;
+    v integer;
+    got integer;
+    got_text text;
 BEGIN
-    FOR p, k IN
-        WITH gone AS (
-            DELETE FROM idmint.entity_numbers e WHERE e.number = ANY (numbers) RETURNING e.number
-        )
-        SELECT g.number / 1000000, count(*) FROM gone g GROUP BY 1 ORDER BY 1
-    LOOP
-        UPDATE idmint.entity_ranges r SET issued = r.issued - k WHERE r.prefix = p;
-        -- A type dealing from its deck gets the numbers back at its end.
-        INSERT INTO idmint.entity_free (prefix, pos, number)
-        SELECT p, (SELECT coalesce(max(z.pos), 0) FROM idmint.entity_free z WHERE z.prefix = p) + row_number() OVER (ORDER BY gen_random_uuid()), x
-        FROM unnest(numbers) AS x
-        WHERE x / 1000000 = p AND (SELECT r.deck_next FROM idmint.entity_ranges r WHERE r.prefix = p) IS NOT NULL;
-    END LOOP;
+    -- A one-digit text is a prefix; names are never a single digit.
+    SELECT r.prefix, r.shard_key INTO p, key FROM idmint.entity_ranges r
+    WHERE CASE WHEN entity ~ '^[0-9]$' THEN r.prefix = entity::integer ELSE r.name = entity END;
+    IF key IS NULL THEN
+        p := idmint._entity_prefix(entity);  -- raises ID003 / ID008
+    END IF;
+    -- The fast path of idmint._issue_one, inlined: as a column DEFAULT this runs once per
+    -- row, and each nested call of a function that pins search_path costs as much as the
+    -- insert (measured on PostgreSQL 15). Keep the two copies in step.
+    setting := current_setting('idmint.entity_' || p, true);
+    IF setting <> '' THEN
+        st := setting::integer[];
+        j := array_length(st, 1);
+        IF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 THEN
+            s := st[j][1];
+            <<draw>>
+            LOOP
+                b := uuid_send(gen_random_uuid());
+                FOR t IN 0 .. 5 LOOP
+                    v := CASE t
+                        WHEN 0 THEN (get_byte(b, 0) << 12) | (get_byte(b, 1) << 4) | (get_byte(b, 2) >> 4)
+                        WHEN 1 THEN ((get_byte(b, 2) & 15) << 16) | (get_byte(b, 3) << 8) | get_byte(b, 4)
+                        WHEN 2 THEN (get_byte(b, 9) << 12) | (get_byte(b, 10) << 4) | (get_byte(b, 11) >> 4)
+                        WHEN 3 THEN ((get_byte(b, 11) & 15) << 16) | (get_byte(b, 12) << 8) | get_byte(b, 13)
+                        WHEN 4 THEN (get_byte(b, 5) << 12) | (get_byte(b, 7) << 4) | (get_byte(b, 6) & 15)
+                        ELSE ((get_byte(b, 8) & 63) << 14) | (get_byte(b, 14) << 6) | (get_byte(b, 15) >> 2) END;
+                    CONTINUE WHEN v >= 1045000;
+                    v := v % 5000;
+                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
+                    VALUES (p * 1000000 + v * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + v % 100)
+                                - get_byte(key, 500 + v / 100)) % 200 + 400) % 200),
+                            NULL, statement_timestamp(), 'gen', session_user, pg_current_xact_id())
+                    ON CONFLICT DO NOTHING
+                    RETURNING e.number INTO got;
+                    EXIT draw WHEN got IS NOT NULL;
+                END LOOP;
+            END LOOP;
+            st[j][3] := st[j][3] + 1;
+            IF st[j][5] = 0 THEN
+                st[j][5] := 1;
+                PERFORM idmint._entity_save(p, st, ARRAY[s], '{}');
+            ELSE
+                PERFORM set_config('idmint.entity_' || p, st::text, true);
+            END IF;
+            IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                PERFORM idmint._durable();
+            END IF;
+            RETURN got::text;
+        END IF;
+    END IF;
+    SELECT x INTO got_text FROM idmint._issue_entity_numbers(p, 1, 'gen') AS x;
+    RETURN got_text;
 END
 $$;
-COMMENT ON FUNCTION idmint._unissue_entity_numbers(integer[]) IS
-    'Un-issue numbers of this transaction whose rows were never stored: free again, counters as before';
+COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
+    'One new random number of a type given by name or one-digit text, e.g. DEFAULT idmint.gen_entity_number(''part'')';
+
+-- Take a given shard for this transaction (a claim or an un-issue needs that one): returns
+-- the state with the shard's row (added first if new; the generators keep using the shards
+-- they took last) and its index. Waits while another open transaction holds the shard.
+CREATE FUNCTION idmint._entity_hold(prefix integer, shard integer, INOUT st integer[], OUT j integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    now_issued integer;
+    now_deck boolean;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(st, 1), 0) LOOP
+        IF st[i][1] = shard THEN
+            j := i;
+            RETURN;
+        END IF;
+    END LOOP;
+    SELECT x.issued, x.deck INTO STRICT now_issued, now_deck FROM idmint.entity_shards x
+    WHERE x.prefix = _entity_hold.prefix AND x.shard = _entity_hold.shard FOR UPDATE;
+    st := ARRAY[[shard, now_issued, 0, now_deck::integer, 0]] || st;
+    j := 1;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_hold(integer, integer, integer[]) IS
+    'Lock a given shard for this transaction (waiting for its holder) and add it to the shard state';
 
 -- Register one given number (claim_entity_number, and the trigger for a value idmint
--- never issued). `wanted` NULL: any registered type.
+-- never issued). `wanted` NULL: any registered type. Waits only if another open
+-- transaction holds the number's shard (1/200 of the type).
 CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql
@@ -1464,10 +1987,10 @@ AS $$
 DECLARE
     p integer;
     v integer;
-    before integer;
-    cap integer;
-    in_deck boolean;
-    ev bigint;
+    key bytea;
+    s integer;
+    st integer[];
+    j integer;
 BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         PERFORM idmint._error('invalid_argument',
@@ -1476,11 +1999,12 @@ BEGIN
     END IF;
     p := substr(number, 1, 1)::integer;
     v := number::integer;
+    SELECT r.shard_key INTO key FROM idmint.entity_ranges r WHERE r.prefix = p;
     IF wanted IS NOT NULL AND p <> wanted THEN
         PERFORM idmint._error('invalid_argument',
             format('entity number %s is not of type %s', number, wanted),
             format('numbers of this type start with %s', wanted));
-    ELSIF NOT EXISTS (SELECT FROM idmint.entity_ranges r WHERE r.prefix = p) THEN
+    ELSIF key IS NULL THEN
         PERFORM idmint._error('unknown_entity_type',
             format('entity number %s has prefix %s, which is not a registered type', number, p),
             'see idmint.entity_types, or register the type with idmint.add_entity_type');
@@ -1488,31 +2012,85 @@ BEGIN
         PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
                               'generate a new one with idmint.gen_entity_number');
     END IF;
-    -- The type lock and counter; a free number means the type is not full.
-    UPDATE idmint.entity_ranges r SET issued = r.issued + 1
-    WHERE r.prefix = p AND r.issued < r.capacity
-    RETURNING r.issued - 1, r.capacity, r.deck_next IS NOT NULL INTO before, cap, in_deck;
-    IF FOUND THEN
-        INSERT INTO idmint.entity_events (prefix, how, count) VALUES (p, how, 1) RETURNING event_id INTO ev;
-        INSERT INTO idmint.entity_numbers (number, event_id, bound_at)
-        VALUES (v, ev, CASE WHEN bind THEN now() END)
-        ON CONFLICT DO NOTHING;
-    END IF;
-    IF NOT FOUND THEN
-        -- Issued meanwhile by a transaction that committed while we waited for the lock.
+    s := idmint._entity_shard_of(key, v - p * 1000000);
+    SELECT h.st, h.j INTO st, j FROM idmint._entity_hold(p, s, idmint._entity_state(p)) h;
+    -- Issued by a transaction that committed while we waited for the shard.
+    IF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v) THEN
         PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
                               'generate a new one with idmint.gen_entity_number');
     END IF;
-    IF in_deck THEN
-        DELETE FROM idmint.entity_free e WHERE e.number = v;
+    INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
+    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, pg_current_xact_id());
+    IF st[j][4] = 1 THEN
+        DELETE FROM idmint.entity_free f WHERE f.number = v;  -- its card leaves the deck
+    END IF;
+    st[j][3] := st[j][3] + 1;
+    IF st[j][5] = 0 THEN
+        st[j][5] := 1;
+        PERFORM idmint._entity_save(p, st, ARRAY[s], '{}');
+    ELSE
+        PERFORM idmint._entity_save(p, st, '{}', '{}');
     END IF;
     PERFORM idmint._durable();
-    PERFORM idmint._capacity_alert('entity', to_jsonb(p), cap, before, before + 1, '{0.6,0.8,0.95}');
     RETURN number;
 END
 $$;
 COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean) IS
-    'Register a given entity number under its type lock. ID003 malformed/other type, ID004 issued, ID008 unregistered';
+    'Register a given entity number in its shard. ID003 malformed/other type, ID004 issued, ID008 unregistered';
+
+-- Un-issue numbers that this transaction issued (an upsert's proposed row was not stored):
+-- afterwards they are free exactly as if never issued: the shard counts, the decks and
+-- later calls behave as if the issue never happened. Numbers this transaction did not
+-- issue are left alone.
+CREATE FUNCTION idmint._unissue_entity_numbers(numbers integer[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone integer[];
+    cur integer;
+    st integer[];
+    j integer;
+    arm integer[];
+    g record;
+BEGIN
+    WITH d AS (
+        DELETE FROM idmint.entity_numbers e
+        WHERE e.number = ANY (numbers) AND e.issued_xid = pg_current_xact_id()
+        RETURNING e.number)
+    SELECT array_agg(d.number) INTO gone FROM d;
+    IF gone IS NULL THEN
+        RETURN;
+    END IF;
+    FOR g IN SELECT x / 1000000 AS p, idmint._entity_shard_of(r.shard_key, x % 1000000) AS s, array_agg(x) AS xs
+             FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
+             GROUP BY 1, 2 ORDER BY 1, 2 LOOP
+        IF g.p IS DISTINCT FROM cur THEN
+            IF cur IS NOT NULL THEN
+                PERFORM idmint._entity_save(cur, st, arm, '{}');
+            END IF;
+            cur := g.p;
+            st := idmint._entity_state(g.p);
+            arm := '{}';
+        END IF;
+        -- This transaction issued them, so it holds the shard already.
+        SELECT h.st, h.j INTO st, j FROM idmint._entity_hold(g.p, g.s, st) h;
+        IF st[j][4] = 1 THEN
+            -- Back into the deck, at fresh random positions.
+            INSERT INTO idmint.entity_free (prefix, shard, pos, number)
+            SELECT g.p, g.s, idmint._random_pos(), u.x FROM unnest(g.xs) AS u(x);
+        END IF;
+        st[j][3] := st[j][3] - cardinality(g.xs);
+        IF st[j][5] = 0 THEN
+            st[j][5] := 1;
+            arm := arm || g.s;
+        END IF;
+    END LOOP;
+    PERFORM idmint._entity_save(cur, st, arm, '{}');
+END
+$$;
+COMMENT ON FUNCTION idmint._unissue_entity_numbers(integer[]) IS
+    'Free again numbers this transaction issued (counts, decks and later calls as if never issued); others are ignored';
 
 CREATE FUNCTION idmint.claim_entity_number(number text, entity text DEFAULT NULL) RETURNS text
 LANGUAGE sql VOLATILE SECURITY DEFINER
@@ -1567,16 +2145,27 @@ CREATE VIEW idmint.entity_types AS
 SELECT r.prefix, r.name FROM idmint.entity_ranges r;
 COMMENT ON VIEW idmint.entity_types IS 'Registered entity types: prefix 1..9 (first digit of their numbers) and name';
 
+-- Committed counts are the sum of the type's 200 shard counts; a transaction also sees
+-- the numbers it issued itself (as it sees its own rows): the `mine` column of its
+-- transaction-local shard state (see _entity_state), read inline so that readers need no
+-- EXECUTE on an internal function.
 CREATE VIEW idmint.entity_capacity AS
 SELECT r.prefix,
        r.name,
-       r.issued,
+       c.issued,
        r.capacity,
-       r.capacity - r.issued AS free,
-       round(r.issued::numeric / r.capacity, 6) AS utilization
-FROM idmint.entity_ranges r;
+       r.capacity - c.issued AS free,
+       round(c.issued::numeric / r.capacity, 6) AS utilization
+FROM idmint.entity_ranges r
+CROSS JOIN LATERAL (
+    SELECT (coalesce(sum(x.issued), 0)
+            + coalesce((SELECT sum(m.st[i][3])
+                        FROM (SELECT nullif(current_setting('idmint.entity_' || r.prefix, true), '')::integer[] AS st) m,
+                             generate_subscripts(m.st, 1) AS i), 0))::integer AS issued
+    FROM idmint.entity_shards x WHERE x.prefix = r.prefix
+) c;
 COMMENT ON VIEW idmint.entity_capacity IS
-    'Per entity type: numbers issued, capacity (1 000 000), free and utilization (0..1); read from counters';
+    'Per entity type: numbers issued, capacity (1 000 000), free and utilization (0..1); exact on committed state (plus the reader''s own uncommitted numbers)';
 
 CREATE FUNCTION idmint.add_entity_type(prefix integer, name text) RETURNS idmint.entity_types
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -1604,6 +2193,7 @@ BEGIN
             (SELECT string_agg(format('registered: %s %L', r.prefix, r.name), '; ')
              FROM idmint.entity_ranges r WHERE r.prefix = add_entity_type.prefix OR r.name = add_entity_type.name));
     END IF;
+    INSERT INTO idmint.entity_shards (prefix, shard) SELECT add_entity_type.prefix, s FROM generate_series(0, 199) AS s;
     RETURN added;
 END
 $$;
@@ -2052,8 +2642,9 @@ FOR EACH ROW EXECUTE FUNCTION idmint._settle_bindings();
 CREATE INDEX driver_numbers_assigned_at ON idmint.driver_numbers USING brin (assigned_at)
     WITH (pages_per_range = 32);
 
--- The same for entity numbers: entity_events has one row per issuing call, in time order.
-CREATE INDEX entity_events_at ON idmint.entity_events USING brin (at);
+-- The same for entity numbers: entity_numbers.issued_at grows with insertion order.
+CREATE INDEX entity_numbers_issued_at ON idmint.entity_numbers USING brin (issued_at)
+    WITH (pages_per_range = 32);
 
 CREATE VIEW idmint.fleet_capacity AS
 SELECT f.fleet_id,
@@ -2115,14 +2706,14 @@ BEGIN
                    WHERE d.assigned_at > since AND d.state = 'assigned'
                    GROUP BY d.fleet_id) a ON a.fleet_id = c.fleet_id
         UNION ALL
-        -- Entity types: numbers issued within the window (entity_events: one row per call).
+        -- Entity types: numbers issued within the window (BRIN index on issued_at).
         SELECT 'entity', e.prefix::text, e.name, e.capacity::bigint, e.issued::bigint, 0,
                e.free::bigint, e.utilization::float8, coalesce(a.allocated, 0) / days
         FROM idmint.entity_capacity e
-        LEFT JOIN (SELECT v.prefix, sum(v.count) AS allocated
-                   FROM idmint.entity_events v
-                   WHERE v.at > since
-                   GROUP BY v.prefix) a ON a.prefix = e.prefix
+        LEFT JOIN (SELECT v.number / 1000000 AS prefix, count(*) AS allocated
+                   FROM idmint.entity_numbers v
+                   WHERE v.issued_at > since
+                   GROUP BY 1) a ON a.prefix = e.prefix
     )
     SELECT u.scope, u.key, u.name, u.capacity, u.used, u.reserved, u.free, u.utilization, u.per_day,
            -- Runs out at the current rate: now() + free / per_day days. Already full: now().

@@ -1,61 +1,92 @@
--- Entity types, the issued entity numbers, the free pool of nearly full types, and the
--- audit of who issued them. Apps never read these tables: they see the views
--- idmint.entity_types and idmint.entity_capacity (sql/50) and call functions.
+-- Entity types, their shards, the issued entity numbers (with their audit) and the decks of
+-- nearly full shards. Apps never read these tables: they see the views idmint.entity_types
+-- and idmint.entity_capacity (sql/50) and call functions. The engine is described in sql/50.
 
--- One row per type. The row is the type's lock: every call that issues numbers of the
--- type reads and advances `issued` in one UPDATE, so issuers of one type queue on it.
+-- A secret random partition of a type's 1 000 000 numbers into 200 shards of 5 000 (550
+-- bytes, see sql/50 for how it is read): K1, a permutation of 0..199 (bytes 0..199), its
+-- inverse (200..399), K2 (400..499) and K3 (500..549), values 0..199. Strong random keys.
+CREATE FUNCTION idmint._new_partition_key() RETURNS bytea
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH k1 AS MATERIALIZED (
+        SELECT i, (row_number() OVER (ORDER BY gen_random_uuid()) - 1)::integer AS v
+        FROM generate_series(0, 199) i),
+    k23 AS MATERIALIZED (
+        SELECT (row_number() OVER (ORDER BY gen_random_uuid()) - 1)::integer AS v
+        FROM generate_series(0, 199) LIMIT 150)
+    SELECT decode((SELECT string_agg(lpad(to_hex(v), 2, '0'), '' ORDER BY i) FROM k1)
+                  || (SELECT string_agg(lpad(to_hex(i), 2, '0'), '' ORDER BY v) FROM k1)
+                  || (SELECT string_agg(lpad(to_hex(v), 2, '0'), '') FROM k23),
+                  'hex')
+$$;
+COMMENT ON FUNCTION idmint._new_partition_key() IS
+    'A new secret shard partition key for an entity type (K1, K1 inverse, K2, K3; 550 bytes)';
+
+-- One row per type.
 CREATE TABLE idmint.entity_ranges (
     prefix     integer     PRIMARY KEY CHECK (prefix BETWEEN 1 AND 9),
     name       text        NOT NULL UNIQUE
         CHECK (name <> '' AND name !~ '^\s|\s$' AND name !~ '^[0-9]$' AND length(name) <= 100),
     capacity   integer     NOT NULL DEFAULT 1000000 CHECK (capacity = 1000000),
-    -- Numbers of this type in idmint.entity_numbers (issued by any means, bound or not).
-    issued     integer     NOT NULL DEFAULT 0,
-    -- NULL while the type samples random candidates. Once it is half full: the
-    -- position in its shuffled deck of free numbers (idmint.entity_free) to deal next.
-    deck_next  bigint,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    CHECK (issued BETWEEN 0 AND capacity)
+    -- The secret partition of the type's numbers into shards (never shown to apps).
+    shard_key  bytea       NOT NULL DEFAULT idmint._new_partition_key() CHECK (length(shard_key) = 550),
+    -- The highest capacity threshold notified (0: none); see idmint._entity_alert.
+    alerted    numeric     NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE idmint.entity_ranges IS
-    'Entity types (prefix 1..9, name) with their issued counter; the row lock serialises issuers of a type';
+    'Entity types (prefix 1..9, name), their secret shard partition and the last capacity threshold notified';
+
+-- 200 shards per type, each owning 5 000 numbers of the secret partition. A transaction
+-- that issues from a shard holds the shard's row lock to its end; other issuers skip it
+-- (FOR UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
+-- once per transaction, at commit (trigger entity_shards_flush), never per call.
+CREATE TABLE idmint.entity_shards (
+    prefix  integer  NOT NULL,
+    shard   smallint NOT NULL CHECK (shard BETWEEN 0 AND 199),
+    issued  integer  NOT NULL DEFAULT 0 CHECK (issued BETWEEN 0 AND 5000),
+    -- The shard's free numbers are listed in idmint.entity_free (from 75 % full on).
+    deck    boolean  NOT NULL DEFAULT false,
+    -- True between a transaction's first issue from the shard and its commit-time count.
+    pending boolean  NOT NULL DEFAULT false,
+    PRIMARY KEY (prefix, shard)
+) WITH (fillfactor = 50);
+COMMENT ON TABLE idmint.entity_shards IS
+    'Entity type shards: committed count, deck flag; the row lock marks the transaction issuing from it';
 
 INSERT INTO idmint.entity_ranges (prefix, name) VALUES
     (1, 'part'), (2, 'material'), (3, 'batch'), (4, 'order'), (5, 'quote');
-
--- One row per call that issued numbers: who, when, how, how many.
-CREATE TABLE idmint.entity_events (
-    event_id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at               timestamptz NOT NULL DEFAULT clock_timestamp(),
-    prefix           integer     NOT NULL,
-    how              text        NOT NULL CHECK (how IN ('gen', 'claim', 'bind', 'backfill')),
-    count            integer     NOT NULL CHECK (count > 0),
-    actor            text        NOT NULL DEFAULT session_user,
-    application_name text        DEFAULT current_setting('application_name')
-);
-COMMENT ON TABLE idmint.entity_events IS
-    'Audit: one row per call that issued entity numbers (gen, claim, bind = by the trigger, backfill)';
+INSERT INTO idmint.entity_shards (prefix, shard)
+SELECT r.prefix, s FROM idmint.entity_ranges r, generate_series(0, 199) s;
 
 -- Every entity number ever issued (the whole 7-digit number; its first digit is the
--- type). The primary key is the one source of truth for "already issued" (ID004).
--- No foreign key to entity_events: it would cost a lookup per issued number.
+-- type), with its audit: when, how, by whom and by which transaction. The primary key is
+-- the one source of truth for "already issued" (ID004).
+-- No CHECK constraints: only idmint's functions write here, and an INSERT statement
+-- re-reads each CHECK expression (measured: a tenth of the per-row cost of a DEFAULT).
 CREATE TABLE idmint.entity_numbers (
-    number   integer     PRIMARY KEY CHECK (number BETWEEN 1000000 AND 9999999),
-    event_id bigint      NOT NULL,
+    number      integer     PRIMARY KEY,  -- 1000000..9999999
     -- Set when a row of an app table carries the number (trigger assign_entity_number).
-    bound_at timestamptz
+    bound_at    timestamptz,
+    issued_at   timestamptz NOT NULL,
+    how         text        NOT NULL,  -- gen, claim, bind (by the trigger), backfill
+    issued_by   text        NOT NULL,
+    -- Lets _unissue_entity_numbers touch only numbers of the calling transaction.
+    issued_xid  xid8        NOT NULL
 );
 COMMENT ON TABLE idmint.entity_numbers IS
-    'Every entity number issued, the event that issued it and when an app row bound it';
+    'Every entity number issued: when, how (gen, claim, bind = by the trigger, backfill), by whom, and when an app row bound it';
 
--- The deck of a type that is half full or more: its free numbers, shuffled once with
--- strong random sort keys (pos). Calls deal from deck_next on; the cards from deck_next on
--- are exactly the type's free numbers (claims delete theirs); dealt cards stay below it.
+-- The free numbers of a shard that is 75 % full or more (its deck), each at a secret
+-- random 60-bit position: a deal takes the run of cards from a random point on, so the
+-- order is a secure shuffle and there is no cursor a rollback could reveal.
 CREATE TABLE idmint.entity_free (
-    prefix integer NOT NULL,
-    pos    bigint  NOT NULL,
-    number integer NOT NULL UNIQUE,
-    PRIMARY KEY (prefix, pos) INCLUDE (number)
+    prefix integer  NOT NULL,
+    shard  smallint NOT NULL,
+    pos    bigint   NOT NULL,
+    number integer  NOT NULL UNIQUE,
+    PRIMARY KEY (prefix, shard, pos) INCLUDE (number)
 );
 COMMENT ON TABLE idmint.entity_free IS
-    'Shuffled deck of the free numbers of half-full entity types (secret order, dealt from deck_next on)';
+    'Free numbers of nearly full entity shards at secret random positions (dealt from a random point)';

@@ -12,8 +12,9 @@
 CREATE INDEX driver_numbers_assigned_at ON idmint.driver_numbers USING brin (assigned_at)
     WITH (pages_per_range = 32);
 
--- The same for entity numbers: entity_events has one row per issuing call, in time order.
-CREATE INDEX entity_events_at ON idmint.entity_events USING brin (at);
+-- The same for entity numbers: entity_numbers.issued_at grows with insertion order.
+CREATE INDEX entity_numbers_issued_at ON idmint.entity_numbers USING brin (issued_at)
+    WITH (pages_per_range = 32);
 
 CREATE VIEW idmint.fleet_capacity AS
 SELECT f.fleet_id,
@@ -75,14 +76,14 @@ BEGIN
                    WHERE d.assigned_at > since AND d.state = 'assigned'
                    GROUP BY d.fleet_id) a ON a.fleet_id = c.fleet_id
         UNION ALL
-        -- Entity types: numbers issued within the window (entity_events: one row per call).
+        -- Entity types: numbers issued within the window (BRIN index on issued_at).
         SELECT 'entity', e.prefix::text, e.name, e.capacity::bigint, e.issued::bigint, 0,
                e.free::bigint, e.utilization::float8, coalesce(a.allocated, 0) / days
         FROM idmint.entity_capacity e
-        LEFT JOIN (SELECT v.prefix, sum(v.count) AS allocated
-                   FROM idmint.entity_events v
-                   WHERE v.at > since
-                   GROUP BY v.prefix) a ON a.prefix = e.prefix
+        LEFT JOIN (SELECT v.number / 1000000 AS prefix, count(*) AS allocated
+                   FROM idmint.entity_numbers v
+                   WHERE v.issued_at > since
+                   GROUP BY 1) a ON a.prefix = e.prefix
     )
     SELECT u.scope, u.key, u.name, u.capacity, u.used, u.reserved, u.free, u.utilization, u.per_day,
            -- Runs out at the current rate: now() + free / per_day days. Already full: now().

@@ -182,8 +182,14 @@ def test_capacity_report_covers_every_fleet_and_entity_type(db: psycopg.Connecti
     # 'part': 700 numbers now, 300 four days ago; 'material': 50, all thirty days ago.
     db.execute("SELECT idmint.gen_entity_numbers('part', 300)")
     db.execute("SELECT idmint.gen_entity_numbers('material', 50)")
-    db.execute("UPDATE idmint.entity_events SET at = now() - interval '4 days' WHERE prefix = 1")
-    db.execute("UPDATE idmint.entity_events SET at = now() - interval '30 days' WHERE prefix = 2")
+    db.execute(
+        "UPDATE idmint.entity_numbers SET issued_at = now() - interval '4 days'"
+        " WHERE number / 1000000 = 1"
+    )
+    db.execute(
+        "UPDATE idmint.entity_numbers SET issued_at = now() - interval '30 days'"
+        " WHERE number / 1000000 = 2"
+    )
     db.execute("SELECT idmint.gen_entity_numbers('part', 699)")
     db.execute("SELECT idmint.claim_entity_number('1000001')")
 
