@@ -1,5 +1,13 @@
 -- Helpers shared by the public functions. Internal (leading underscore): no EXECUTE for apps.
 
+-- The installed schema version: the id of the latest migration (a test keeps it equal to
+-- the newest file in migrations/).
+CREATE FUNCTION idmint.version() RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT '0001_idmint'::text $$;
+COMMENT ON FUNCTION idmint.version() IS 'The installed idmint schema version: the id of the latest migration applied';
+
 -- An acknowledged id must survive a crash even if the session turned synchronous_commit
 -- down; set_config(..., true) lasts to the end of the caller's transaction.
 CREATE FUNCTION idmint._durable() RETURNS void

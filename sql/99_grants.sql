@@ -17,10 +17,20 @@ BEGIN
 END
 $$;
 
+-- What changes the rules rather than using them is idmint_admin's (contract §0).
+REVOKE EXECUTE ON FUNCTION
+    idmint.reset_driver_sequence(uuid, integer), idmint.reset_driver_sequence(text, integer),
+    idmint.add_entity_type(integer, text),
+    idmint.schedule_cleanup(text), idmint.unschedule_cleanup()
+    FROM idmint_user;
+GRANT EXECUTE ON FUNCTION
+    idmint.reset_driver_sequence(uuid, integer), idmint.reset_driver_sequence(text, integer),
+    idmint.add_entity_type(integer, text),
+    idmint.schedule_cleanup(text), idmint.unschedule_cleanup()
+    TO idmint_admin;
+
 GRANT SELECT ON idmint.driver_id_ledger TO idmint_user;
--- Capacity and audit views (sql/60). schedule_cleanup/unschedule_cleanup (sql/70) keep the
--- EXECUTE granted above: they are SECURITY DEFINER, the job's command is fixed and runs as
--- idmint's owner, so a caller can only switch the purge on or off or change its cadence.
+-- Capacity and audit views (sql/60).
 GRANT SELECT ON idmint.fleet_capacity, idmint.driver_id_audit TO idmint_user;
 GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 

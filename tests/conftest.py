@@ -79,10 +79,11 @@ def unique_role(db: psycopg.Connection, prefix: str) -> str:
 def app(
     db: psycopg.Connection, connect: Callable[..., psycopg.Connection]
 ) -> Iterator[psycopg.Connection]:
-    """CREATE ROLE app LOGIN; GRANT idmint_user TO app — and a schema of its own."""
+    """CREATE ROLE app LOGIN; GRANT idmint_admin TO app (a member of idmint_user, so it may
+    call every public function) — and a schema of its own."""
     db.execute("SELECT idmint.add_fleet('Security', 'AAA')")
     role = unique_role(db, "idmint_sec_app")
-    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT idmint_admin TO {}").format(sql.Identifier(role)))
     db.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(role)))
     conn = connect(user=role)
     row = conn.execute("SELECT current_user").fetchone()

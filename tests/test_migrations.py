@@ -151,3 +151,42 @@ def test_migration_file_is_generated_from_sql() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_version_is_the_newest_migration(dsn: str) -> None:
+    newest = sorted(
+        p.stem for p in (ROOT / "migrations").glob("*.sql") if ".rollback" not in p.name
+    )
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT idmint.version()").fetchone() == (newest[-1],)
+
+
+def test_a_database_owner_without_createrole_can_install(
+    db: psycopg.Connection, empty_db: str
+) -> None:
+    """Once idmint_user and idmint_admin exist, owning the database is enough (§0)."""
+    owner = f"idmint_owner_{uuid.uuid4().hex[:8]}"
+    name = psycopg.conninfo.conninfo_to_dict(empty_db)["dbname"]
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN NOCREATEROLE").format(sql.Identifier(owner)))
+    try:
+        db.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(str(name)), sql.Identifier(owner)
+            )
+        )
+        as_owner = psycopg.conninfo.make_conninfo(empty_db, user=owner)
+        assert migrate(as_owner) == ["0001_idmint"]
+        with psycopg.connect(as_owner) as conn:
+            assert conn.execute("SELECT idmint.next_driver_id((idmint.add_fleet('x')).code)")
+            assert conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'idmint'"
+            ).fetchone() == (owner,)
+    finally:
+        db.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(str(name)), sql.Identifier(str(db.info.user))
+            )
+        )
+        with psycopg.connect(empty_db) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))

@@ -42,7 +42,12 @@ def test_app_role_can_do_everything_the_contract_allows(app_conn: psycopg.Connec
     other = scalar(c, "SELECT idmint.reserve_driver_id('APP')")
     assert scalar(c, "SELECT idmint.release_driver_id(%s)", [other]) is True
     assert scalar(c, "SELECT idmint.purge_expired_reservations()") == 0
-    assert scalar(c, "SELECT idmint.reset_driver_sequence('APP', 10)") == 10
+    with raises_sqlstate("42501"):  # idmint_admin's (contract §0)
+        c.execute("SELECT idmint.reset_driver_sequence('APP', 10)")
+    for admin_call in ("add_entity_type(9, 'x')", "schedule_cleanup()", "unschedule_cleanup()"):
+        with raises_sqlstate("42501"):
+            c.execute(f"SELECT idmint.{admin_call}")
+    assert scalar(c, "SELECT idmint.version()") == "0001_idmint"
     assert len(str(scalar(c, "SELECT idmint.gen_fleet_code()"))) == 3
     assert scalar(c, "SELECT idmint.is_valid_driver_id('DRV-001APP')") is True
     assert c.execute("SELECT * FROM idmint.parse_driver_id('DRV-001APP')").fetchall() == [

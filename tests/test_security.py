@@ -15,6 +15,13 @@ from tests.util import raises_sqlstate, scalar
 
 # Read-only internal helpers that invoker-rights code (views, triggers, backfill, the
 # commit-time settler) needs; none of them writes (checked below: none is VOLATILE).
+ADMIN_ONLY = {
+    "idmint.reset_driver_sequence(uuid,integer)",
+    "idmint.reset_driver_sequence(text,integer)",
+    "idmint.add_entity_type(integer,text)",
+    "idmint.schedule_cleanup(text)",
+    "idmint.unschedule_cleanup()",
+}
 ALLOWED_HELPERS = {
     "idmint._entity_prefix(integer)",
     "idmint._entity_prefix(text)",
@@ -117,7 +124,11 @@ def test_idmint_user_holds_exactly_the_public_surface(db: psycopg.Connection) ->
         )
     }
     assert executable - public <= ALLOWED_HELPERS
-    assert public <= executable
+    assert public - ADMIN_ONLY <= executable
+    assert executable.isdisjoint(ADMIN_ONLY)
+    for fn in ADMIN_ONLY:  # idmint_admin, a member of idmint_user, holds the rule changes
+        assert scalar(db, "SELECT has_function_privilege('idmint_admin', %s, 'EXECUTE')", [fn])
+    assert scalar(db, "SELECT pg_has_role('idmint_admin', 'idmint_user', 'MEMBER')")
     # No writer among them: tests/test_app_rights.py.
     relation_privileges = db.execute(
         "SELECT c.oid::regclass::text, c.relkind, a.privilege_type FROM pg_class c,"
