@@ -475,3 +475,8 @@ def test_the_sync_facade_is_generated_from_the_async_one() -> None:
     sync_methods = {m for m in dir(idmint.IdMint) if not m.startswith("__")}
     async_methods = {m for m in dir(idmint.AsyncIdMint) if not m.startswith("__")}
     assert sync_methods == async_methods
+
+
+def test_version_is_the_installed_schema_version(dsn: str) -> None:
+    mint = idmint.IdMint(dsn)
+    assert mint.version() == "0001_idmint"

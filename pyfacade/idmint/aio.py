@@ -196,6 +196,10 @@ class AsyncIdMint:
         async with self._pool.connection() as borrowed:
             return dsn_of(borrowed.info)
 
+    async def version(self, *, conn: Conn | None = None) -> str:
+        """The installed idmint schema version (the newest migration applied)."""
+        return await self._call(Q.VERSION, (), conn)
+
     # -- fleets ----------------------------------------------------------------------
 
     async def add_fleet(

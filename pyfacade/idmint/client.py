@@ -195,6 +195,10 @@ class IdMint:
         with self._pool.connection() as borrowed:
             return dsn_of(borrowed.info)
 
+    def version(self, *, conn: Conn | None = None) -> str:
+        """The installed idmint schema version (the newest migration applied)."""
+        return self._call(Q.VERSION, (), conn)
+
     # -- fleets ----------------------------------------------------------------------
 
     def add_fleet(

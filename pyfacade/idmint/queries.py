@@ -70,6 +70,7 @@ ADD_FLEET = one(
     " FROM idmint.add_fleet(%s, %s, %s, %s) AS f",
     class_row(Fleet),
 )
+VERSION: Query[str] = one("version", "SELECT idmint.version()")
 GEN_FLEET_CODE: Query[str] = one("gen_fleet_code", "SELECT idmint.gen_fleet_code()")
 NEXT_DRIVER_ID: Query[str] = one("next_driver_id", "SELECT idmint.next_driver_id(%s, %s::text)")
 NEXT_DRIVER_IDS: Query[list[str]] = every(
