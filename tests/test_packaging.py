@@ -103,7 +103,7 @@ def test_installed_wheel_migrates_and_mints_outside_the_repo(
     p = _run(
         [venv / "bin" / "python", "-c",
          "import idmint, idmint._resources as r;"
-         " print(idmint.__file__); print(r.migrations_dir()); print(r.sql_dir())"],
+         " print(idmint.__file__); print(idmint.migrations_dir()); print(r.sql_dir())"],
         cwd=elsewhere,
     )  # fmt: skip
     site = (venv / "lib").resolve()

@@ -4,6 +4,7 @@
 errors are :class:`IdmintError` subclasses, results frozen dataclasses.
 """
 
+from ._resources import migrations_dir
 from .aio import AsyncIdMint
 from .client import IdMint
 from .errors import (
@@ -51,4 +52,5 @@ __all__ = [
     "UnknownEntityTypeError",
     "UnknownFleetError",
     "__version__",
+    "migrations_dir",
 ]

@@ -15,6 +15,7 @@ def _find(name: str) -> Path:
 
 
 def migrations_dir() -> Path:
+    """The installed migrations folder: for plain yoyo, alembic or Django ``RunSQL``."""
     return _find("migrations")
 
 
