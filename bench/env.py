@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from idmint._cluster import LocalCluster
+from idmint.cluster import LocalCluster
 from idmint.migrate import migrate
 
 DBNAME = "bench"

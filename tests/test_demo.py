@@ -225,7 +225,7 @@ def test_demo_without_binaries_or_extra_says_what_to_install(tmp_path: Path) -> 
     assert list(private_tmp.iterdir()) == []
 
 
-# -- the engine under the demo: idmint._cluster.LocalCluster ----------------------------------
+# -- the engine under the demo: idmint.cluster.LocalCluster ----------------------------------
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_local_cluster_lifecycle(private_tmp: Path) -> None:
     import psycopg
 
-    from idmint._cluster import ClusterError, LocalCluster
+    from idmint.cluster import ClusterError, LocalCluster
 
     with LocalCluster({"work_mem": "7MB", "cluster_name": "it's \\quoted"}) as pg:
         (made,) = private_tmp.iterdir()
@@ -267,7 +267,7 @@ def test_local_cluster_lifecycle(private_tmp: Path) -> None:
 
 
 def test_local_cluster_failed_start_leaves_nothing(private_tmp: Path) -> None:
-    from idmint._cluster import ClusterError, LocalCluster
+    from idmint.cluster import ClusterError, LocalCluster
 
     with pytest.raises(ClusterError, match='unrecognized configuration parameter "no_such"'):
         LocalCluster({"no_such": "1"}).start()
@@ -281,7 +281,7 @@ def test_local_cluster_interrupted_leaves_nothing(tmp_path: Path, stage: str) ->
     private.mkdir()
     script = (
         "import time\n"
-        "from idmint._cluster import LocalCluster\n"
+        "from idmint.cluster import LocalCluster\n"
         "with LocalCluster() as pg:\n"
         "    print('up', flush=True)\n"
         "    time.sleep(600)\n"

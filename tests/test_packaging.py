@@ -53,6 +53,17 @@ def empty_db(db: psycopg.Connection, dsn: str) -> Iterator[str]:
         db.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.mark.parametrize("module", ["idmint", "idmint.cli"])
+def test_importing_the_package_leaves_the_tooling_out(module: str) -> None:
+    """What an application imports (and the CLI, until `idmint demo` runs) never loads the
+    throwaway-cluster code or the demo."""
+    listing = "print(sorted(m for m in sys.modules if m.startswith('idmint')))"
+    p = _run([sys.executable, "-c", f"import {module}, sys; {listing}"], cwd=ROOT)
+    loaded = set(eval(p.stdout))  # a list literal of module names
+    assert {"idmint", "idmint.aio", "idmint.client", "idmint.errors"} <= loaded
+    assert loaded.isdisjoint({"idmint.cluster", "idmint.demo"}), loaded
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
@@ -69,7 +80,7 @@ def test_wheel_carries_sql_migrations_and_the_command(wheel: Path) -> None:
         assert f"idmint/sql/{f}" in names
     for f in (ROOT / "migrations").iterdir():
         assert f"idmint/migrations/{f.name}" in names
-    for f in ("__init__.py", "py.typed", "cli.py", "demo.py", "_cluster.py", "migrate.py"):
+    for f in ("__init__.py", "py.typed", "cli.py", "demo.py", "cluster.py", "migrate.py"):
         assert f"idmint/{f}" in names
     (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

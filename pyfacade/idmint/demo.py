@@ -1,6 +1,6 @@
 """``idmint demo``: a guided tour on a throwaway local PostgreSQL.
 
-Starts a private server (:class:`idmint._cluster.LocalCluster`), migrates it, mints fleet
+Starts a private server (:class:`idmint.cluster.LocalCluster`), migrates it, mints fleet
 driver ids (single, bulk, reserved-and-confirmed, reserved-and-released) and entity numbers,
 shows two refused calls with their SQLSTATE and the status table, then stops the server and
 removes its directory. Needs no DSN; nothing is left behind, also on Ctrl-C or SIGTERM.
@@ -16,9 +16,9 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any, TextIO
 
-from ._cluster import LocalCluster
 from ._render import render_status
 from .client import IdMint
+from .cluster import LocalCluster
 from .errors import IdmintError
 from .migrate import migrate
 

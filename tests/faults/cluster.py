@@ -1,10 +1,10 @@
 """Real PostgreSQL clusters that fault tests can crash, restart, replicate and promote.
 
-`idmint._cluster.LocalCluster` (the demo's throwaway server) starts and stops once; fault
-tests need more: `pg_ctl stop -m immediate` then start again on the same data directory,
-a standby made with `pg_basebackup -R`, `pg_ctl promote`, and the postmaster's pid. This
-module adds those on top of the same binary discovery and root user-namespace mapping
-(`find_bindir`, `_userns_prefix` from idmint._cluster). fsync stays ON.
+`idmint.cluster.LocalCluster` (the demo's throwaway server) lives in a temporary directory;
+fault tests need a data directory of their own under pytest's tmp_path, a standby made with
+`pg_basebackup -R` and `pg_ctl promote`. This module adds those on top of the same binary
+discovery and command line (`find_bindir`, `server_command` from idmint.cluster, which
+knows how to run them as root). fsync stays ON.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from idmint._cluster import _free_port, _userns_prefix, find_bindir
+from idmint.cluster import find_bindir, free_port, pid_alive, server_command
 from idmint.migrate import migrate
 
 PG_CTL_TIMEOUT_S = 120
@@ -34,17 +34,18 @@ class FaultCluster:
             raise RuntimeError("no PostgreSQL server binaries found")
         self.bindir = bindir
         self.datadir = datadir
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.logfile = datadir.parent / f"{datadir.name}.log"
 
     # -- running binaries -----------------------------------------------------------------
 
     def _run(self, tool: str, *args: str, timeout: float = PG_CTL_TIMEOUT_S + 30) -> str:
-        argv = [str(self.bindir / tool), *args]
-        if os.geteuid() == 0 and tool in ("initdb", "pg_ctl", "postgres"):
-            argv = [*_userns_prefix(), *argv]
         res = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            server_command([str(self.bindir / tool), *args]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         if res.returncode != 0:
             log = self.logfile.read_text(errors="replace")[-3000:] if self.logfile.exists() else ""
@@ -118,7 +119,7 @@ class FaultCluster:
                   "-t", str(PG_CTL_TIMEOUT_S))  # fmt: skip
         if pid is not None:  # pg_ctl returns once postmaster.pid is gone; wait for the process
             deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
 
     def crash(self) -> None:
@@ -138,7 +139,7 @@ class FaultCluster:
             with contextlib.suppress(Exception):
                 self.stop("immediate")
         pid = self.postmaster_pid()
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -165,11 +166,3 @@ class FaultCluster:
             conn.execute(f'CREATE DATABASE "{dbname}"')
         migrate(self.dsn(dbname))
         return self.dsn(dbname)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]

@@ -1,9 +1,10 @@
 """One etcd and a Patroni cluster on 127.0.0.1, for the HA fault tests (tests/faults/test_patroni.py).
 
 Patroni 3.0.2 and etcd 3.4 from Debian (`make sysdeps` installs `patroni etcd-server`).
-etcd runs as root; Patroni runs as the `postgres` user (PostgreSQL refuses root) and starts
-its own PostgreSQL from /usr/lib/postgresql/15/bin. Everything lives in one directory made
-for the test under /tmp (owned by postgres) and removed afterwards.
+etcd runs as root; Patroni runs as the `postgres` user (PostgreSQL refuses root: see
+`idmint.cluster.as_server_user`) and starts its own PostgreSQL from
+/usr/lib/postgresql/15/bin. Everything lives in one directory made for the test under /tmp
+(owned by that user) and removed afterwards.
 
 Every process this module starts is known by its pid: etcd and Patroni are our children;
 a postmaster is started by Patroni through a short-lived intermediate process (so it is
@@ -18,7 +19,6 @@ import base64
 import contextlib
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from idmint._cluster import _free_port
+from idmint.cluster import as_server_user, child_pids, free_port, pid_alive, server_user
 
 PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
 PATRONICTL = shutil.which("patronictl") or "/usr/bin/patronictl"
@@ -63,29 +63,6 @@ def poll(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last!r})")
         time.sleep(interval)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (from /proc/*/stat)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text(errors="replace")
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry))
-    return found
 
 
 def _pids_naming(directory: Path) -> list[int]:
@@ -259,7 +236,7 @@ class Node:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
-        if _alive(pid):
+        if pid_alive(pid):
             self.postmasters.add(pid)
             return pid
         return None
@@ -287,14 +264,13 @@ class PatroniCluster:
     """`PatroniCluster.start(3, dcs={...})`: etcd + n Patroni nodes; `close()` ends them all."""
 
     def __init__(self, size: int, dcs: Mapping[str, object], scope: str = "idmint") -> None:
-        pw = pwd.getpwnam("postgres")
-        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.user = server_user()  # who Patroni runs as: it must own the files
         self.base = Path(tempfile.mkdtemp(prefix="idmint-patroni-", dir="/tmp"))
-        os.chown(self.base, self.uid, self.gid)
+        self._own(self.base)
         self.scope = scope
         self.dcs_settings = dict(dcs)
-        self.etcd_port = _free_port()
-        self.etcd_peer_port = _free_port()
+        self.etcd_port = free_port()
+        self.etcd_peer_port = free_port()
         self.etcd: subprocess.Popen[bytes] | None = None
         self.nodes = [self._make_node(f"node{i}") for i in range(size)]
         self.by_name = {n.name: n for n in self.nodes}
@@ -305,8 +281,8 @@ class PatroniCluster:
     def _make_node(self, name: str) -> Node:
         directory = self.base / name
         directory.mkdir(mode=0o700)
-        os.chown(directory, self.uid, self.gid)
-        return Node(name, directory, _free_port(), _free_port(), directory / "patroni.yml")
+        self._own(directory)
+        return Node(name, directory, free_port(), free_port(), directory / "patroni.yml")
 
     def patroni_config(self, node: Node) -> dict[str, Any]:
         return patroni_config(
@@ -316,7 +292,11 @@ class PatroniCluster:
 
     def _write_config(self, node: Node) -> None:
         node.config_file.write_text(to_yaml(self.patroni_config(node)))
-        os.chown(node.config_file, self.uid, self.gid)
+        self._own(node.config_file)
+
+    def _own(self, path: Path) -> None:
+        if self.user is not None:
+            os.chown(path, *self.user)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -370,8 +350,7 @@ class PatroniCluster:
         node.proc = subprocess.Popen(
             [PATRONI, str(node.config_file)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=self._env(), cwd=node.directory, start_new_session=True,
-            user=self.uid, group=self.gid, extra_groups=[],
+            env=self._env(), cwd=node.directory, start_new_session=True, **as_server_user(),
         )  # fmt: skip
 
     def close(self, keep_logs: Path | None = None) -> None:
@@ -382,11 +361,11 @@ class PatroniCluster:
         postmasters: set[int] = set()
         for node in self.nodes:
             node.postmaster_pid()
-            postmasters |= {p for p in node.postmasters if _alive(p)}
+            postmasters |= {p for p in node.postmasters if pid_alive(p)}
         postmasters |= set(_pids_naming(self.base)) - set(patronis)
         doomed = set(postmasters)
         for pid in postmasters:
-            doomed |= set(_children(pid))
+            doomed |= set(child_pids(pid))
         _signal_all(doomed, signal.SIGKILL)
         _signal_all(patronis, signal.SIGKILL)
         if self.etcd is not None and self.etcd.poll() is None:
@@ -399,7 +378,7 @@ class PatroniCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.etcd.wait(10)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in doomed) and time.monotonic() < deadline:
+        while any(pid_alive(p) for p in doomed) and time.monotonic() < deadline:
             time.sleep(0.01)
         for f in self._log_files:
             f.close()
@@ -424,11 +403,11 @@ class PatroniCluster:
         """The node is gone: its Patroni, its postmaster and every backend die together."""
         assert node.proc is not None
         pm = node.postmaster_pid()
-        group = [node.proc.pid] + ([pm, *_children(pm)] if pm is not None else [])
+        group = [node.proc.pid] + ([pm, *child_pids(pm)] if pm is not None else [])
         _signal_all(group, signal.SIGSTOP)  # freeze all first: nobody reacts to the others
         _signal_all(group, signal.SIGKILL)
         node.proc.wait(10)
-        poll(f"{node.name}'s processes to end", lambda: not any(_alive(p) for p in group), 10)
+        poll(f"{node.name}'s processes to end", lambda: not any(pid_alive(p) for p in group), 10)
 
     # -- observing ------------------------------------------------------------------------
 

