@@ -3,20 +3,23 @@ every test gets a fresh database cloned from it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from pytest_postgresql import factories
+from pytest_postgresql.executors import PostgreSQLExecutor
 
+from idmint.cluster import PgBouncer, pg_ctl_executable
 from idmint.migrate import migrate
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_CTL = str(ROOT / "tools" / "pg_ctl")
+# pytest-postgresql runs this pg_ctl (as root: a wrapper idmint.cluster writes, removed at exit).
+_session_resources = contextlib.ExitStack()
+PG_CTL = str(_session_resources.enter_context(pg_ctl_executable()))
 
 
 def conninfo(host: str, port: int, user: str, dbname: str, password: str | None = None) -> str:
@@ -99,20 +102,22 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PGAPPNAME", "idmint-tests")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session_resources.close()
+
+
 # --- PgBouncer (transaction pooling, default_pool_size 2) in front of the test cluster ---
 
 
 @pytest.fixture(scope="session")
-def pgbouncer(postgresql_proc: object) -> Iterator[object]:
+def pgbouncer(postgresql_proc: PostgreSQLExecutor) -> Iterator[PgBouncer]:
     """A real PgBouncer forwarding every database name to the session's cluster."""
-    from tests.pgbouncer import PgBouncer
-
     proc = postgresql_proc
-    with PgBouncer(proc.host, proc.port, proc.user) as bouncer:  # type: ignore[attr-defined]
+    with PgBouncer(proc.host, proc.port, proc.user) as bouncer:
         yield bouncer
 
 
 @pytest.fixture
-def pgbouncer_dsn(pgbouncer: object, postgresql: psycopg.Connection) -> str:
+def pgbouncer_dsn(pgbouncer: PgBouncer, postgresql: psycopg.Connection) -> str:
     """Conninfo of this test's database (the one `dsn` names), reached through PgBouncer."""
-    return pgbouncer.conninfo(postgresql.info.dbname)  # type: ignore[attr-defined]
+    return pgbouncer.conninfo(postgresql.info.dbname)

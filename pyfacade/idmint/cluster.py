@@ -8,6 +8,8 @@ root. ``import idmint`` does not import it; applications never need it.
   block stops it and removes the directory. Nothing is left behind, also when start-up
   fails half-way or the user presses Ctrl-C. Extra server settings (e.g.
   ``shared_preload_libraries``) are passed as a mapping.
+- :class:`PgBouncer`: a PgBouncer (transaction pooling by default) in front of a server,
+  e.g. ``with pg.pgbouncer() as bouncer: bouncer.conninfo("postgres")``.
 - :func:`server_command`: the argv that runs a server binary (``initdb``, ``pg_ctl``,
   ``postgres``, ``pg_basebackup``...) for this user; :func:`server_user`: the uid/gid a
   server that refuses root (Patroni, PgBouncer) must run as; :func:`pg_ctl_executable`:
@@ -32,6 +34,7 @@ import contextlib
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -48,10 +51,12 @@ from typing import Any
 __all__ = [
     "ClusterError",
     "LocalCluster",
+    "PgBouncer",
     "as_server_user",
     "child_pids",
     "find_bindir",
     "free_port",
+    "pg_ctl_executable",
     "pid_alive",
     "server_command",
     "server_user",
@@ -366,6 +371,11 @@ class LocalCluster:
         state = "running" if self._running else "stopped"
         return f"<LocalCluster {self._dsn or '-'} {state}>"
 
+    def pgbouncer(self, **options: Any) -> PgBouncer:
+        """A PgBouncer (not yet started) in front of this cluster; `options` as for
+        :class:`PgBouncer`."""
+        return PgBouncer(self._host(), self.port, "postgres", **options)
+
     # -- running binaries -------------------------------------------------------------------
 
     def command(self, tool: str, *args: str) -> list[str]:
@@ -651,3 +661,154 @@ def server_command(argv: Sequence[str]) -> list[str]:
         return list(argv)
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
     return [unshare, "--user", f"--map-user={user[0]}", f"--map-group={user[1]}", *argv]
+
+
+@contextlib.contextmanager
+def pg_ctl_executable(bindir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """A ``pg_ctl`` path for tools that take one (pytest-postgresql's ``executable=``): the
+    system binary, or as root a small wrapper script that runs it through
+    :func:`server_command` (removed when the ``with`` block ends)."""
+    found = Path(bindir) if bindir is not None else find_bindir()
+    if found is None:
+        raise ClusterError("no PostgreSQL server binaries found")
+    pg_ctl = found / "pg_ctl"
+    argv = server_command([str(pg_ctl)])
+    if argv == [str(pg_ctl)]:
+        yield pg_ctl
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="idmint-pg_ctl-", dir=_temp_base()))
+    try:
+        wrapper = tmp / "pg_ctl"
+        wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n', encoding="utf-8")
+        wrapper.chmod(0o755)
+        yield wrapper
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class PgBouncer:
+    """A real PgBouncer in front of one PostgreSQL server, on a free 127.0.0.1 port.
+
+    Every database name is forwarded (``* = host=... port=...``), trust authentication for
+    `user`. ``with PgBouncer(host, port, user) as bouncer: bouncer.conninfo(dbname)``.
+    PgBouncer refuses to run as root: it then runs as the ``postgres`` user, so its config
+    lives in a world-readable temporary directory, removed by ``stop()``.
+    """
+
+    START_TIMEOUT_S = 30.0
+
+    def __init__(
+        self,
+        server_host: str,
+        server_port: int,
+        user: str,
+        *,
+        pool_mode: str = "transaction",
+        default_pool_size: int = 2,
+    ) -> None:
+        self.server_host = server_host
+        self.server_port = server_port
+        self.user = user
+        self.pool_mode = pool_mode
+        self.default_pool_size = default_pool_size
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    def conninfo(self, dbname: str) -> str:
+        """Conninfo of `dbname` reached through this PgBouncer."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(host=self.host, port=self.port, user=self.user, dbname=dbname)
+
+    def _write_config(self) -> Path:
+        self._dir = Path(tempfile.mkdtemp(prefix="idmint-pgbouncer-", dir=_temp_base()))
+        self._dir.chmod(0o755)
+        users = self._dir / "users.txt"
+        users.write_text(f'"{self.user}" ""\n')
+        ini = self._dir / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"* = host={self.server_host} port={self.server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {self.host}\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {users}\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"default_pool_size = {self.default_pool_size}\n"
+            "max_client_conn = 500\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            "server_reset_query =\n"
+            "log_connections = 0\n"
+            "log_disconnections = 0\n"
+        )
+        for path in (users, ini):
+            path.chmod(0o644)
+        return ini
+
+    def start(self) -> PgBouncer:
+        """Start it and wait until it forwards a query; ClusterError if it does not."""
+        import psycopg
+
+        self.port = free_port()
+        ini = self._write_config()
+        exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        assert self._dir is not None
+        self._log = open(self._dir / "pgbouncer.log", "wb")  # noqa: SIM115 (closed in stop)
+        self._proc = subprocess.Popen(
+            [exe, str(ini)], stdout=self._log, stderr=subprocess.STDOUT, **as_server_user()
+        )
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                log = self.log()
+                self.stop()
+                raise ClusterError(f"pgbouncer exited with {rc}: {log}")
+            try:
+                with psycopg.connect(self.conninfo("postgres"), connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return self
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
+
+    def log(self) -> str:
+        """What PgBouncer wrote so far (empty once stopped)."""
+        if self._dir is None or not (self._dir / "pgbouncer.log").exists():
+            return ""
+        return (self._dir / "pgbouncer.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Stop it and remove its directory. Idempotent."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> PgBouncer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
