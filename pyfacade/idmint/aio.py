@@ -19,9 +19,9 @@ from psycopg import IsolationLevel, pq
 from psycopg_pool import AsyncConnectionPool
 
 from . import queries as Q
-from .errors import translate
+from .errors import raise_translated, sqlstate_of
 from .metrics import recorder
-from .retry import RetryPolicy, dsn_of, isolation_statement, sqlstate_of
+from .retry import RetryPolicy
 from .types import CapacityReport, EntityCapacity, EntityType, Fleet, FleetCapacity, ParsedDriverId
 
 if TYPE_CHECKING:
@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 DEFAULT_TTL = timedelta(minutes=5)
+
+
+def _dsn_of(info: psycopg.ConnectionInfo) -> str:
+    password = info.password
+    if password:
+        return psycopg.conninfo.make_conninfo(info.dsn, password=password)
+    return info.dsn
 
 
 class AsyncIdMint:
@@ -88,7 +95,7 @@ class AsyncIdMint:
                 f" not {type(source).__name__}"
             )
         self._retry = RetryPolicy(attempts, backoff_base, backoff_cap)
-        self._isolation = isolation_statement(isolation_level)
+        self._isolation = Q.isolation_statement(isolation_level)
         self._prepare_threshold = prepare_threshold
         self._prepare: bool | None = None if prepare_threshold is not None else False
         self._metrics = recorder(metrics)
@@ -121,10 +128,7 @@ class AsyncIdMint:
         try:
             return await self._execute(conn, query, params)
         except psycopg.Error as exc:
-            err = translate(exc)
-            if err is exc:
-                raise
-            raise err from exc
+            raise_translated(exc)
 
     async def _owned(self, query: Q.Query[T], params: tuple[Any, ...]) -> T:
         attempt = 1
@@ -143,10 +147,7 @@ class AsyncIdMint:
                     await asyncio.sleep(self._retry.delay(attempt))
                     attempt += 1
                     continue
-                err = translate(exc, attempts=attempt)
-                if err is exc:
-                    raise
-                raise err from exc
+                raise_translated(exc, attempts=attempt)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[tuple[Conn, bool]]:
@@ -186,15 +187,16 @@ class AsyncIdMint:
         return await asyncio.to_thread(_migrate, dsn or await self._migration_dsn(conn))
 
     async def _migration_dsn(self, conn: Conn | None) -> str:
+        """A DSN that reaches this client's database (with the password ``info.dsn`` omits)."""
         if conn is not None:
-            return dsn_of(conn.info)
+            return _dsn_of(conn.info)
         if self._dsn is not None:
             return self._dsn
         if self._conn is not None:
-            return dsn_of(self._conn.info)
+            return _dsn_of(self._conn.info)
         assert self._pool is not None
         async with self._pool.connection() as borrowed:
-            return dsn_of(borrowed.info)
+            return _dsn_of(borrowed.info)
 
     async def version(self, *, conn: Conn | None = None) -> str:
         """The installed idmint schema version (the newest migration applied)."""

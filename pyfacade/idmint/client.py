@@ -18,9 +18,9 @@ from psycopg import IsolationLevel, pq
 from psycopg_pool import ConnectionPool
 
 from . import queries as Q
-from .errors import translate
+from .errors import raise_translated, sqlstate_of
 from .metrics import recorder
-from .retry import RetryPolicy, dsn_of, isolation_statement, sqlstate_of
+from .retry import RetryPolicy
 from .types import CapacityReport, EntityCapacity, EntityType, Fleet, FleetCapacity, ParsedDriverId
 
 if TYPE_CHECKING:
@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 DEFAULT_TTL = timedelta(minutes=5)
+
+
+def _dsn_of(info: psycopg.ConnectionInfo) -> str:
+    password = info.password
+    if password:
+        return psycopg.conninfo.make_conninfo(info.dsn, password=password)
+    return info.dsn
 
 
 class IdMint:
@@ -87,7 +94,7 @@ class IdMint:
                 f" not {type(source).__name__}"
             )
         self._retry = RetryPolicy(attempts, backoff_base, backoff_cap)
-        self._isolation = isolation_statement(isolation_level)
+        self._isolation = Q.isolation_statement(isolation_level)
         self._prepare_threshold = prepare_threshold
         self._prepare: bool | None = None if prepare_threshold is not None else False
         self._metrics = recorder(metrics)
@@ -120,10 +127,7 @@ class IdMint:
         try:
             return self._execute(conn, query, params)
         except psycopg.Error as exc:
-            err = translate(exc)
-            if err is exc:
-                raise
-            raise err from exc
+            raise_translated(exc)
 
     def _owned(self, query: Q.Query[T], params: tuple[Any, ...]) -> T:
         attempt = 1
@@ -142,10 +146,7 @@ class IdMint:
                     time.sleep(self._retry.delay(attempt))
                     attempt += 1
                     continue
-                err = translate(exc, attempts=attempt)
-                if err is exc:
-                    raise
-                raise err from exc
+                raise_translated(exc, attempts=attempt)
 
     @contextmanager
     def _transaction(self) -> Iterator[tuple[Conn, bool]]:
@@ -185,15 +186,16 @@ class IdMint:
         return _migrate(dsn or self._migration_dsn(conn))
 
     def _migration_dsn(self, conn: Conn | None) -> str:
+        """A DSN that reaches this client's database (with the password ``info.dsn`` omits)."""
         if conn is not None:
-            return dsn_of(conn.info)
+            return _dsn_of(conn.info)
         if self._dsn is not None:
             return self._dsn
         if self._conn is not None:
-            return dsn_of(self._conn.info)
+            return _dsn_of(self._conn.info)
         assert self._pool is not None
         with self._pool.connection() as borrowed:
-            return dsn_of(borrowed.info)
+            return _dsn_of(borrowed.info)
 
     def version(self, *, conn: Conn | None = None) -> str:
         """The installed idmint schema version (the newest migration applied)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import NoReturn
 
 import psycopg
 
@@ -163,3 +164,19 @@ def translate(exc: psycopg.Error, *, attempts: int = 1) -> BaseException:
             attempts=attempts,
         )
     return cls(message, sqlstate=state, hint=diag.message_hint, detail=diag.message_detail)
+
+
+def raise_translated(exc: psycopg.Error, *, attempts: int = 1) -> NoReturn:
+    """Raise what the facade raises for ``exc``: the IdmintError :func:`translate` makes of it
+    (``from exc``), or ``exc`` itself when its SQLSTATE is not in :data:`ERRORS`."""
+    err = translate(exc, attempts=attempts)
+    if err is exc:
+        raise exc
+    raise err from exc
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE behind an exception the facade let through, if any."""
+    if isinstance(exc, (IdmintError, psycopg.Error)):
+        return exc.sqlstate
+    return None

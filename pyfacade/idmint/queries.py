@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from psycopg import sql
+from psycopg import IsolationLevel, sql
 from psycopg.rows import RowFactory, class_row, scalar_row
 
 from .types import (
@@ -62,6 +62,20 @@ def one(operation: str, query: str, rows: RowFactory[T] = scalar_row) -> Query[T
 def every(operation: str, query: str, rows: RowFactory[T] = scalar_row) -> Query[list[T]]:
     """A statement whose rows, in order, are the result."""
     return Query(operation, sql.SQL(query), rows, _all)
+
+
+_ISOLATION = {
+    IsolationLevel.READ_UNCOMMITTED: sql.SQL("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED"),
+    IsolationLevel.READ_COMMITTED: sql.SQL("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+    IsolationLevel.REPEATABLE_READ: sql.SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+    IsolationLevel.SERIALIZABLE: sql.SQL("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+}
+
+
+def isolation_statement(level: IsolationLevel | None) -> sql.SQL | None:
+    """The statement that sets ``level`` for the current transaction (transaction-scoped,
+    so it is safe behind PgBouncer), or None to keep the server's default."""
+    return None if level is None else _ISOLATION[IsolationLevel(level)]
 
 
 ADD_FLEET = one(

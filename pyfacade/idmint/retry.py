@@ -1,5 +1,5 @@
-"""What the sync and async clients share besides the queries: the retry policy (exponential
-backoff with full jitter), the isolation statement, and small helpers."""
+"""The retry policy of transactions the facade owns: which errors, how often, how long to
+wait (exponential backoff with full jitter)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import random
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import IsolationLevel, sql
 
-from .errors import RETRYABLE_SQLSTATES, IdmintError
+from .errors import RETRYABLE_SQLSTATES
 
 
 @dataclass(frozen=True)
@@ -37,35 +36,3 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
         return random.uniform(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
-
-
-_ISOLATION = {
-    IsolationLevel.READ_UNCOMMITTED: sql.SQL("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED"),
-    IsolationLevel.READ_COMMITTED: sql.SQL("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-    IsolationLevel.REPEATABLE_READ: sql.SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
-    IsolationLevel.SERIALIZABLE: sql.SQL("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
-}
-
-
-def isolation_statement(level: IsolationLevel | None) -> sql.SQL | None:
-    """The statement that sets ``level`` for the current transaction (transaction-scoped,
-    so it is safe behind PgBouncer), or None to keep the server's default."""
-    return None if level is None else _ISOLATION[IsolationLevel(level)]
-
-
-def sqlstate_of(exc: BaseException) -> str | None:
-    """The SQLSTATE behind an exception the facade let through, if any."""
-    if isinstance(exc, IdmintError):
-        return exc.sqlstate
-    if isinstance(exc, psycopg.Error):
-        return exc.sqlstate
-    return None
-
-
-def dsn_of(info: psycopg.ConnectionInfo) -> str:
-    """A conninfo string that reconnects to the server and database of ``info`` (with its
-    password, which ``info.dsn`` leaves out)."""
-    password = info.password
-    if password:
-        return psycopg.conninfo.make_conninfo(info.dsn, password=password)
-    return info.dsn
