@@ -7,7 +7,6 @@ import dataclasses
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,21 +20,7 @@ from psycopg import IsolationLevel
 from psycopg_pool import ConnectionPool
 
 import idmint
-from tests.util import Connect, scalar
-
-
-def blocked_by(observer: psycopg.Connection, blocker_pid: int, timeout: float = 30.0) -> int:
-    """Poll the server until some backend waits on a lock held by `blocker_pid`; its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = observer.execute(
-            "SELECT pid FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
-            [blocker_pid],
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
-        time.sleep(0.005)
-    raise AssertionError(f"nobody ever waited for backend {blocker_pid}")
+from tests.util import Connect, lock_waits, scalar
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -313,7 +298,7 @@ def test_serialization_failure_is_retried(dsn: str, connect: Connect) -> None:
 
     worker = threading.Thread(target=allocate)
     worker.start()
-    blocked_by(observer, blocker_pid)  # took its snapshot, now waits for the fleet row
+    lock_waits(observer, blocker=blocker_pid)  # took its snapshot, now waits for the fleet row
     blocker.commit()
     worker.join(timeout=60)
     assert not worker.is_alive()

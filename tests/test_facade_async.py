@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -18,26 +17,9 @@ from psycopg import IsolationLevel
 from psycopg_pool import AsyncConnectionPool
 
 import idmint
-from tests.util import Connect
+from tests.util import Connect, lock_waits
 
 pytestmark = pytest.mark.asyncio
-
-
-async def blocked_by(
-    observer: psycopg.AsyncConnection, blocker_pid: int, timeout: float = 30.0
-) -> int:
-    """Poll the server until some backend waits on a lock held by `blocker_pid`; its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cur = await observer.execute(
-            "SELECT pid FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
-            [blocker_pid],
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            return int(row[0])
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"nobody ever waited for backend {blocker_pid}")
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -199,18 +181,20 @@ async def test_conn_joins_callers_transaction(
 # --- retries ----------------------------------------------------------------------------
 
 
-async def test_serialization_failure_is_retried(dsn: str, aconnect: Callable[..., object]) -> None:
+async def test_serialization_failure_is_retried(
+    dsn: str, aconnect: Callable[..., object], connect: Connect
+) -> None:
     registry = CollectorRegistry()
     mint = idmint.AsyncIdMint(
         dsn, isolation_level=IsolationLevel.REPEATABLE_READ, backoff_base=0.001, metrics=registry
     )
     await mint.add_fleet("North", code="ABC")
-    observer: psycopg.AsyncConnection = await aconnect()  # type: ignore[misc]
     blocker: psycopg.AsyncConnection = await aconnect(autocommit=False)  # type: ignore[misc]
     await blocker.execute("UPDATE idmint.fleets SET name = 'renamed' WHERE code = 'ABC'")
 
     task = asyncio.create_task(mint.next_driver_id("ABC"))
-    await blocked_by(observer, blocker.info.backend_pid)
+    # The poller runs in a thread so that the event loop keeps driving the task.
+    await asyncio.to_thread(lock_waits, connect(), blocker=blocker.info.backend_pid)
     await blocker.commit()
     assert await asyncio.wait_for(task, 60) == "DRV-001ABC"
     assert sample(registry, "idmint_retries_total", operation="next_driver_id") == 1

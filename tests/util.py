@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -18,16 +18,41 @@ def raises_sqlstate(sqlstate: str) -> Iterator[pytest.ExceptionInfo[psycopg.Erro
     assert info.value.sqlstate == sqlstate, f"{info.value.sqlstate}: {info.value}"
 
 
-def wait_until_blocked(observer: psycopg.Connection, pid: int, timeout: float = 30.0) -> list[int]:
-    """Poll the server until backend `pid` waits on a lock; returns the blockers' pids."""
+def lock_waits(
+    observer: psycopg.Connection,
+    *,
+    waiter: int | None = None,
+    blocker: int | None = None,
+    application_name: str | None = None,
+    exclude: Collection[int] = (),
+    timeout: float = 30.0,
+) -> dict[int, list[int]]:
+    """Poll the server (`pg_blocking_pids`, never a sleep in place of it) until some backend
+    waits on a lock: backend `waiter`, or any waiting on `blocker`, of `application_name`,
+    not in `exclude`. Returns {waiting pid: the pids it waits for} for each such backend."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = observer.execute("SELECT pg_blocking_pids(%s)", [pid]).fetchone()
-        assert row is not None
-        if row[0]:
-            return list(row[0])
+        rows = observer.execute(
+            "SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity"
+            " WHERE cardinality(pg_blocking_pids(pid)) > 0"
+            " AND (%(waiter)s::int IS NULL OR pid = %(waiter)s)"
+            " AND (%(blocker)s::int IS NULL OR %(blocker)s = ANY (pg_blocking_pids(pid)))"
+            " AND (%(app)s::text IS NULL OR application_name = %(app)s)",
+            {"waiter": waiter, "blocker": blocker, "app": application_name},
+        ).fetchall()
+        found = {pid: list(blockers) for pid, blockers in rows if pid not in exclude}
+        if found:
+            return found
         time.sleep(0.005)
-    raise AssertionError(f"backend {pid} never blocked")
+    raise AssertionError(
+        f"no backend waited on a lock (waiter={waiter}, blocker={blocker},"
+        f" application_name={application_name}, exclude={sorted(exclude)})"
+    )
+
+
+def wait_until_blocked(observer: psycopg.Connection, pid: int, timeout: float = 30.0) -> list[int]:
+    """Wait until backend `pid` waits on a lock; returns the pids it waits for."""
+    return lock_waits(observer, waiter=pid, timeout=timeout)[pid]
 
 
 def wait_expired(db: psycopg.Connection, *driver_ids: str, timeout: float = 30.0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 
 import idmint
-from tests.util import Connect, raises_sqlstate, scalar, wait_until_blocked
+from tests.util import Connect, lock_waits, raises_sqlstate, scalar, wait_until_blocked
 
 
 def in_thread(fn: Callable[[], Any]) -> Future[Any]:
@@ -128,17 +127,9 @@ def test_facade_retries_55P03_until_the_holder_commits(
     result = in_thread(lambda: mint.next_driver_id(fleet))
     # In DSN mode each attempt is a new session: two different blocked backends of the
     # facade prove that the first attempt got 55P03 and was retried.
-    seen: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(seen) < 2:
-        assert time.monotonic() < deadline and not result.done(), f"retries seen: {seen}"
-        rows = db.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-            " AND %s = ANY (pg_blocking_pids(pid))",
-            [app, holder_pid],
-        ).fetchall()
-        seen.update(r[0] for r in rows)
-        time.sleep(0.002)
+    first = lock_waits(db, blocker=holder_pid, application_name=app, timeout=60)
+    lock_waits(db, blocker=holder_pid, application_name=app, exclude=first, timeout=60)
+    assert not result.done()
     holding.execute("COMMIT")
     assert result.result(timeout=60) == f"DRV-002{fleet}"
     assert assigned(db, fleet) == [f"DRV-001{fleet}", f"DRV-002{fleet}"]
