@@ -48,16 +48,6 @@ def test_public_functions_are_security_definer_or_pure(db: psycopg.Connection) -
     assert {name for name, secdef, _ in rows if name in INVOKER_BY_DESIGN and secdef} == set()
 
 
-def test_every_error_name_raised_in_sql_is_registered(db: psycopg.Connection) -> None:
-    used = set()
-    for path in (ROOT / "sql").glob("*.sql"):
-        used |= set(re.findall(r"idmint\._error\(\s*'([a-z_]+)'", path.read_text()))
-    registered = {r[0] for r in db.execute("SELECT name FROM idmint.error_codes")}
-    assert used and used <= registered
-    codes = [r[0] for r in db.execute("SELECT sqlstate FROM idmint.error_codes ORDER BY 1")]
-    assert codes == [f"ID00{i}" for i in range(1, 9)]
-
-
 def test_sql_never_raises_without_a_registered_code() -> None:
     for path in (ROOT / "sql").glob("*.sql"):
         for line in path.read_text().splitlines():
