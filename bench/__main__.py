@@ -48,8 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the profile (no peer matrix, no entity numbers)",
     )
-    # Results go to bench/out/ (ignored by git); the committed results.json and chart.png
-    # are the runs docs/BENCHMARKS.md quotes.
+    # Results go to bench/out/ (ignored by git); docs/BENCHMARKS.md quotes the figures.
     ap.add_argument("--out", type=Path, default=OUT / "results.json")
     ap.add_argument("--chart", type=Path, default=OUT / "chart.png")
     return ap.parse_args(argv)
