@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The demo needs only the package itself; the test stamp (a superset) counts for it too.
+DEMO_STAMP := $(VENV)/.installed-demo
 
 APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-15-cron pgbouncer libpq-dev patroni etcd-server
 
@@ -12,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e .
+	touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
@@ -30,7 +37,7 @@ sysdeps:
 	  fi; \
 	fi
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/idmint demo
 
 lint: $(STAMP)

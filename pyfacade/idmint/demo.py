@@ -8,11 +8,13 @@ removes its directory. Needs no DSN; nothing is left behind, also on Ctrl-C or S
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
@@ -42,6 +44,21 @@ def _sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _cli_command() -> str:
+    """How to run the `idmint` command installed next to this Python: `idmint` when PATH
+    finds that one, else its path (relative when under the working directory, e.g.
+    `.venv/bin/idmint` after `make demo`)."""
+    exe = Path(sys.executable).with_name("idmint")
+    if not exe.exists():
+        return f"{sys.executable} -m idmint"
+    found = shutil.which("idmint")
+    if found is not None and Path(found).resolve() == exe.resolve():
+        return "idmint"
+    with suppress(ValueError):
+        return str(exe.relative_to(Path.cwd()))
+    return str(exe)
 
 
 def run_demo(stream: TextIO | None = None) -> int:
@@ -133,5 +150,7 @@ def run_demo(stream: TextIO | None = None) -> int:
             say()
             say(f"Stopping PostgreSQL and removing {cluster.tempdir} ...")
         say("Done: nothing left behind.")
-        say("Next: point the CLI at your database: idmint --dsn postgresql://... migrate")
+        cli = _cli_command()
+        dsn = "postgresql://..."
+        say(f"Next: {cli} --help, then point it at your database: {cli} --dsn {dsn} migrate")
     return 0
