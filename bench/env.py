@@ -98,7 +98,7 @@ def fsync_rate(cluster: LocalCluster, seconds: int = 1) -> str:
 
 def migration_digest() -> str:
     """sha256 (first 12 hex) of the migration that was benchmarked: which idmint ran."""
-    from idmint._resources import migrations_dir
+    from idmint import migrations_dir
 
     h = hashlib.sha256()
     for f in sorted(Path(migrations_dir()).glob("*.sql")):
