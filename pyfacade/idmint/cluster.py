@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ClusterError",
@@ -66,6 +66,7 @@ START_ATTEMPTS = 5
 PG_CTL_TIMEOUT_S = 60
 EXIT_WAIT_S = 15.0
 _CONF_MARKER = "# -- idmint LocalCluster --\n"
+_T = TypeVar("_T")
 
 
 class ClusterError(OSError):
@@ -206,6 +207,12 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(received[0])
 
 
+def _started(value: _T | None) -> _T:
+    if value is None:
+        raise ClusterError("cluster not started")
+    return value
+
+
 class LocalCluster:
     """A private PostgreSQL server in a temp dir; stop()/close() removes every trace of it.
 
@@ -247,9 +254,7 @@ class LocalCluster:
     @property
     def dsn(self) -> str:
         """libpq URL of the `postgres` database as the `postgres` superuser."""
-        if self._dsn is None:
-            raise ClusterError("cluster not started")
-        return self._dsn
+        return _started(self._dsn)
 
     def dsn_for(self, dbname: str) -> str:
         """The same server, another database."""
@@ -259,28 +264,20 @@ class LocalCluster:
 
     @property
     def port(self) -> int:
-        if self._port is None:
-            raise ClusterError("cluster not started")
-        return self._port
+        return _started(self._port)
 
     @property
     def datadir(self) -> Path:
-        if self._datadir is None:
-            raise ClusterError("cluster not started")
-        return self._datadir
+        return _started(self._datadir)
 
     @property
     def bindir(self) -> Path:
-        if self._bindir is None:
-            raise ClusterError("cluster not started")
-        return self._bindir
+        return _started(self._bindir)
 
     @property
     def tempdir(self) -> Path:
         """The directory that holds everything (data dir, socket, log); removed on close()."""
-        if self._tmp is None:
-            raise ClusterError("cluster not started")
-        return self._tmp
+        return _started(self._tmp)
 
     @property
     def embedded(self) -> bool:
