@@ -121,3 +121,12 @@ def pgbouncer(postgresql_proc: PostgreSQLExecutor) -> Iterator[PgBouncer]:
 def pgbouncer_dsn(pgbouncer: PgBouncer, postgresql: psycopg.Connection) -> str:
     """Conninfo of this test's database (the one `dsn` names), reached through PgBouncer."""
     return pgbouncer.conninfo(postgresql.info.dbname)
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def route(request: pytest.FixtureRequest, dsn: str) -> str:
+    """This test's database reached two ways: PostgreSQL itself, or the real PgBouncer in
+    transaction pooling mode (the test runs once for each)."""
+    if request.param == "direct":
+        return dsn
+    return str(request.getfixturevalue("pgbouncer_dsn"))

@@ -122,14 +122,6 @@ class Permutations:
         return True
 
 
-@pytest.fixture(params=["direct", "pgbouncer"])
-def route(request: pytest.FixtureRequest, dsn: str) -> str:
-    """The DSN sessions use: PostgreSQL itself, or a real PgBouncer in transaction mode."""
-    if request.param == "direct":
-        return dsn
-    return str(request.getfixturevalue("pgbouncer_dsn"))
-
-
 @pytest.fixture
 def perms(db: psycopg.Connection, route: str) -> Permutations:
     db.execute("SELECT idmint.add_fleet('A', 'AAA'), idmint.add_fleet('B', 'BBB')")

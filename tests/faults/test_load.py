@@ -26,17 +26,10 @@ CLIENTS = 32
 PER_CLIENT = size(150, 2000)
 
 
-@pytest.fixture(params=["direct", "pgbouncer"])
-def load_route(request: pytest.FixtureRequest, dsn: str) -> str:
-    if request.param == "direct":
-        return dsn
-    return str(request.getfixturevalue("pgbouncer_dsn"))
-
-
 @pytest.fixture
-def pool(load_route: str) -> Iterator[ConnectionPool[Any]]:
+def pool(route: str) -> Iterator[ConnectionPool[Any]]:
     with ConnectionPool(
-        load_route,
+        route,
         min_size=4,
         max_size=CLIENTS,
         kwargs={"prepare_threshold": None},
