@@ -16,17 +16,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar, wait_until_blocked
-
-
-def gen(conn: psycopg.Connection, entity: object, n: int) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT idmint.gen_entity_numbers(%s, %s)", [entity, n])]
-
-
-def issued(conn: psycopg.Connection, prefix: int) -> int:
-    return int(
-        scalar(conn, "SELECT issued FROM idmint.entity_capacity WHERE prefix = %s", [prefix])
-    )  # type: ignore[arg-type]
+from tests.util import Connect, gen, issued, raises_sqlstate, scalar, wait_until_blocked
 
 
 def stored(conn: psycopg.Connection, prefix: int) -> int:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.util import table_snapshot
+from tests.util import fuzz_texts, table_snapshot
 
 VALID_LOOKING = [
     "part", "material", "batch", "order", "quote", "1", "2", "5", "7", "9", "0", "10", "", " part",
@@ -21,14 +21,7 @@ VALID_LOOKING = [
     "part_number", "name", "part_number; DROP TABLE fz; --", 'part_number" = NULL; --', "ctid",
     "x'; DROP TABLE idmint.entity_numbers; --",
 ]  # fmt: skip
-texts = (
-    st.none()
-    | st.sampled_from(VALID_LOOKING)
-    | st.text(
-        alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
-        max_size=40,
-    )
-)
+texts = fuzz_texts(VALID_LOOKING)
 ints = (
     st.none()
     | st.integers(-10, 12)

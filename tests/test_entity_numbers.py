@@ -10,19 +10,9 @@ from collections import Counter
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar, table_snapshot
+from tests.util import Connect, gen, issued, raises_sqlstate, scalar, table_snapshot
 
 SEEDED = {1: "part", 2: "material", 3: "batch", 4: "order", 5: "quote"}
-
-
-def gen(conn: psycopg.Connection, entity: object, n: int) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT idmint.gen_entity_numbers(%s, %s)", [entity, n])]
-
-
-def issued(conn: psycopg.Connection, prefix: int) -> int:
-    return int(
-        scalar(conn, "SELECT issued FROM idmint.entity_capacity WHERE prefix = %s", [prefix])
-    )  # type: ignore[arg-type]
 
 
 def test_seeded_types_are_readable_as_prefix_and_name(db: psycopg.Connection) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.util import table_snapshot
+from tests.util import fuzz_texts, table_snapshot
 
 VALID_LOOKING = [
     "ABC",
@@ -27,14 +27,7 @@ VALID_LOOKING = [
     "00000000-0000-0000-0000-000000000000",
     "ABC'; DROP TABLE idmint.fleets; --",
 ]
-texts = (
-    st.none()
-    | st.sampled_from(VALID_LOOKING)
-    | st.text(
-        alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
-        max_size=40,
-    )
-)
+texts = fuzz_texts(VALID_LOOKING)
 ints = (
     st.none()
     | st.integers(-(2**31), 2**31 - 1)

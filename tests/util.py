@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
 import pytest
+from hypothesis import strategies as st
 
 
 @contextmanager
@@ -88,4 +89,28 @@ def scalar(conn: psycopg.Connection, query: str, params: object = None) -> objec
     return row[0]
 
 
+def gen(conn: psycopg.Connection, entity: object, n: int) -> list[str]:
+    """`idmint.gen_entity_numbers(entity, n)` on `conn`, in the order returned."""
+    return [r[0] for r in conn.execute("SELECT idmint.gen_entity_numbers(%s, %s)", [entity, n])]
+
+
+def issued(conn: psycopg.Connection, prefix: int) -> int:
+    """How many numbers of the entity type `prefix` are issued (`entity_capacity`)."""
+    return int(
+        scalar(conn, "SELECT issued FROM idmint.entity_capacity WHERE prefix = %s", [prefix])
+    )  # type: ignore[arg-type]
+
+
 Connect = Callable[..., psycopg.Connection]
+
+
+def fuzz_texts(valid_looking: Sequence[str]) -> st.SearchStrategy[str | None]:
+    """Text arguments for the fuzz tests: NULL, inputs that look valid, any text but NUL."""
+    return (
+        st.none()
+        | st.sampled_from(valid_looking)
+        | st.text(
+            alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+            max_size=40,
+        )
+    )

@@ -31,6 +31,16 @@ def holder(connect: Connect, fleet: str) -> tuple[psycopg.Connection, int]:
     return conn, conn.info.backend_pid
 
 
+def waiting_allocation(
+    db: psycopg.Connection, connect: Connect, fleet: str, holder_pid: int
+) -> Future[Any]:
+    """A next_driver_id on a new session, in a thread; returns once it waits for `holder_pid`."""
+    waiter = connect()
+    result = in_thread(lambda: scalar(waiter, "SELECT idmint.next_driver_id(%s)", [fleet]))
+    assert wait_until_blocked(db, waiter.info.backend_pid) == [holder_pid]
+    return result
+
+
 def assigned(db: psycopg.Connection, fleet: str) -> list[str]:
     rows = db.execute(
         "SELECT driver_id FROM idmint.driver_id_ledger WHERE fleet_code = %s ORDER BY 1", [fleet]
@@ -48,9 +58,7 @@ def test_terminated_holder_releases_the_fleet(
     db: psycopg.Connection, connect: Connect, fleet: str
 ) -> None:
     _, holder_pid = holder(connect, fleet)
-    waiter = connect()
-    result = in_thread(lambda: scalar(waiter, "SELECT idmint.next_driver_id(%s)", [fleet]))
-    assert wait_until_blocked(db, waiter.info.backend_pid) == [holder_pid]
+    result = waiting_allocation(db, connect, fleet, holder_pid)
     assert scalar(db, "SELECT pg_terminate_backend(%s)", [holder_pid]) is True
     assert result.result(timeout=60) == f"DRV-001{fleet}"  # the dead holder's number came back
     assert assigned(db, fleet) == [f"DRV-001{fleet}"]
@@ -76,9 +84,7 @@ def test_killed_client_process_releases_the_fleet(
         assert proc.stdout is not None
         got, pid = proc.stdout.readline().split()
         assert got == f"DRV-001{fleet}"
-        waiter = connect()
-        result = in_thread(lambda: scalar(waiter, "SELECT idmint.next_driver_id(%s)", [fleet]))
-        assert wait_until_blocked(db, waiter.info.backend_pid) == [int(pid)]
+        result = waiting_allocation(db, connect, fleet, int(pid))
         proc.kill()  # SIGKILL: no rollback from the client, the server sees the socket close
         proc.wait(30)
         assert result.result(timeout=60) == f"DRV-001{fleet}"
@@ -93,9 +99,7 @@ def test_idle_in_transaction_timeout_frees_the_fleet(
     db: psycopg.Connection, connect: Connect, fleet: str
 ) -> None:
     stalled, stalled_pid = holder(connect, fleet)
-    waiter = connect()
-    result = in_thread(lambda: scalar(waiter, "SELECT idmint.next_driver_id(%s)", [fleet]))
-    assert wait_until_blocked(db, waiter.info.backend_pid) == [stalled_pid]
+    result = waiting_allocation(db, connect, fleet, stalled_pid)
     # Only now arm the timeout: the holder goes idle in its transaction and is ended by it.
     stalled.execute("SET idle_in_transaction_session_timeout = '100ms'")
     assert result.result(timeout=60) == f"DRV-001{fleet}"
