@@ -6,12 +6,17 @@ Every error idmint's SQL raises on purpose has a SQLSTATE of class ``ID`` (see
 Serialization failures, deadlocks and lock timeouts become :class:`ConcurrencyError`.
 Any other SQLSTATE (a connection failure, a permission error, ...) propagates unchanged as
 the psycopg exception.
+
+:func:`error_from` does the same for errors that reach an application through another
+driver (psycopg2, asyncpg) or an ORM (SQLAlchemy, Django), read by duck typing: none of
+those packages is imported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import NamedTuple
 
 import psycopg
 
@@ -144,22 +149,125 @@ ERRORS: Mapping[str, type[IdmintError]] = MappingProxyType(
 )
 
 
+def _build(
+    cls: type[IdmintError],
+    state: str,
+    message: str,
+    hint: str | None,
+    detail: str | None,
+    attempts: int,
+) -> IdmintError:
+    if cls is ConcurrencyError:
+        tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
+        return ConcurrencyError(
+            message + tried, sqlstate=state, hint=hint, detail=detail, attempts=attempts
+        )
+    return cls(message, sqlstate=state, hint=hint, detail=detail)
+
+
 def translate(exc: psycopg.Error, *, attempts: int = 1) -> BaseException:
     """The exception to raise for a psycopg error: an IdmintError subclass for a SQLSTATE in
     :data:`ERRORS` (raise it ``from exc``), else ``exc`` itself."""
     state = exc.sqlstate
     cls = ERRORS.get(state) if state is not None else None
-    if cls is None:
+    if state is None or cls is None:
         return exc
     diag = exc.diag
     message = diag.message_primary or str(exc)
-    if cls is ConcurrencyError:
-        tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
-        return ConcurrencyError(
-            message + tried,
-            sqlstate=state,
-            hint=diag.message_hint,
-            detail=diag.message_detail,
-            attempts=attempts,
+    return _build(cls, state, message, diag.message_hint, diag.message_detail, attempts)
+
+
+class _ServerError(NamedTuple):
+    sqlstate: str
+    message: str | None  # None: the error carries no structured message
+    hint: str | None
+    detail: str | None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _server_error(exc: BaseException) -> _ServerError | None:
+    """The SQLSTATE and fields of one exception, by duck typing: psycopg 3 (``sqlstate`` +
+    ``diag``), psycopg2 (``pgcode`` + ``diag``), asyncpg (``sqlstate`` + ``message``,
+    ``hint``, ``detail``), SQLAlchemy's asyncpg adapter (``sqlstate`` only)."""
+    state = _str_or_none(getattr(exc, "sqlstate", None)) or _str_or_none(
+        getattr(exc, "pgcode", None)
+    )
+    if state is None:
+        return None
+    diag = getattr(exc, "diag", None)
+    if diag is not None:  # psycopg 3 and psycopg2 share these names
+        return _ServerError(
+            state,
+            _str_or_none(getattr(diag, "message_primary", None)),
+            _str_or_none(getattr(diag, "message_hint", None)),
+            _str_or_none(getattr(diag, "message_detail", None)),
         )
-    return cls(message, sqlstate=state, hint=diag.message_hint, detail=diag.message_detail)
+    return _ServerError(
+        state,
+        _str_or_none(getattr(exc, "message", None)),
+        _str_or_none(getattr(exc, "hint", None)),
+        _str_or_none(getattr(exc, "detail", None)),
+    )
+
+
+def _is_idmint_state(state: str | None) -> bool:
+    """One of idmint's own SQLSTATEs (class ID), not a retryable one it also maps."""
+    return state is not None and state.startswith("ID") and state in ERRORS
+
+
+#: How far error_from walks a chain of wrapped exceptions.
+_MAX_CHAIN = 32
+
+
+def error_from(exc: BaseException) -> IdmintError | None:
+    """The idmint exception for an error raised through any PostgreSQL driver or ORM.
+
+    ``exc`` may come from psycopg 3, psycopg2 or asyncpg, or from SQLAlchemy or Django
+    wrapping one of them: the driver's error is found by following ``.orig`` (SQLAlchemy)
+    and ``__cause__`` (Django, SQLAlchemy's asyncpg adapter). For a SQLSTATE of class ``ID``
+    the matching :class:`IdmintError` subclass is returned, with the server's message, HINT
+    and DETAIL, and ``exc`` as its ``__cause__``; for anything else (another SQLSTATE, an
+    error that carries none) ``None``. An :class:`IdmintError` of class ``ID`` is returned
+    as it is. Typical use::
+
+        except sqlalchemy.exc.DBAPIError as exc:
+            if (err := idmint.error_from(exc)) is not None:
+                raise err from exc
+            raise
+    """
+    if isinstance(exc, IdmintError):
+        return exc if _is_idmint_state(exc.sqlstate) else None
+    found: _ServerError | None = None
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < _MAX_CHAIN:
+        current = todo.pop(0)
+        if id(current) in seen:  # a cycle (a wrapper that is its own cause, ...)
+            continue
+        seen.add(id(current))
+        record = _server_error(current)
+        if record is not None and _is_idmint_state(record.sqlstate):
+            if record.message is not None:
+                found = record
+                break
+            # A wrapper that knows only the SQLSTATE: look further for the driver's error.
+            found = found or record
+        for link in (getattr(current, "orig", None), current.__cause__):
+            if isinstance(link, BaseException):
+                todo.append(link)
+    if found is None:
+        return None
+    err = _build(
+        ERRORS[found.sqlstate],
+        found.sqlstate,
+        found.message or str(exc),
+        found.hint,
+        found.detail,
+        1,
+    )
+    err.__cause__ = exc
+    err.__suppress_context__ = True
+    return err
