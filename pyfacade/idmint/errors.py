@@ -7,8 +7,8 @@ Serialization failures, deadlocks and lock timeouts become :class:`ConcurrencyEr
 Any other SQLSTATE (a connection failure, a permission error, ...) propagates unchanged as
 the psycopg exception.
 
-:func:`error_from` does the same for errors that reach an application through another
-driver (psycopg2, asyncpg) or an ORM (SQLAlchemy, Django), read by duck typing: none of
+:func:`error_from` finds the same classes behind errors that reach an application through
+another driver (psycopg2, asyncpg) or an ORM (SQLAlchemy, Django), by duck typing: none of
 those packages is imported here.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import NamedTuple
 
 import psycopg
 
@@ -149,89 +148,52 @@ ERRORS: Mapping[str, type[IdmintError]] = MappingProxyType(
 )
 
 
-def _build(
-    cls: type[IdmintError],
-    state: str,
-    message: str,
-    hint: str | None,
-    detail: str | None,
-    attempts: int,
-) -> IdmintError:
-    if cls is ConcurrencyError:
-        tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
-        return ConcurrencyError(
-            message + tried, sqlstate=state, hint=hint, detail=detail, attempts=attempts
-        )
-    return cls(message, sqlstate=state, hint=hint, detail=detail)
+# A server error as error_from reads it: (sqlstate, message, hint, detail). The message is
+# None when the exception carries no structured one (SQLAlchemy's asyncpg adapter).
+_ServerError = tuple[str, str | None, str | None, str | None]
+
+#: How many exceptions error_from looks at along a chain of wrappers.
+_MAX_CHAIN = 32
 
 
-def translate(exc: psycopg.Error, *, attempts: int = 1) -> BaseException:
-    """The exception to raise for a psycopg error: an IdmintError subclass for a SQLSTATE in
-    :data:`ERRORS` (raise it ``from exc``), else ``exc`` itself."""
-    state = exc.sqlstate
-    cls = ERRORS.get(state) if state is not None else None
-    if state is None or cls is None:
-        return exc
-    diag = exc.diag
-    message = diag.message_primary or str(exc)
-    return _build(cls, state, message, diag.message_hint, diag.message_detail, attempts)
-
-
-class _ServerError(NamedTuple):
-    sqlstate: str
-    message: str | None  # None: the error carries no structured message
-    hint: str | None
-    detail: str | None
-
-
-def _str_or_none(value: object) -> str | None:
+def _text(obj: object, name: str) -> str | None:
+    value = getattr(obj, name, None)
     return value if isinstance(value, str) else None
+
+
+def _is_idmint_state(state: str | None) -> bool:
+    """One of idmint's own SQLSTATEs (class ID), not a retryable one the facade also maps."""
+    return state is not None and state.startswith("ID") and state in ERRORS
 
 
 def _server_error(exc: BaseException) -> _ServerError | None:
     """The SQLSTATE and fields of one exception, by duck typing: psycopg 3 (``sqlstate`` +
     ``diag``), psycopg2 (``pgcode`` + ``diag``), asyncpg (``sqlstate`` + ``message``,
     ``hint``, ``detail``), SQLAlchemy's asyncpg adapter (``sqlstate`` only)."""
-    state = _str_or_none(getattr(exc, "sqlstate", None)) or _str_or_none(
-        getattr(exc, "pgcode", None)
-    )
+    state = _text(exc, "sqlstate") or _text(exc, "pgcode")
     if state is None:
         return None
     diag = getattr(exc, "diag", None)
-    if diag is not None:  # psycopg 3 and psycopg2 share these names
-        return _ServerError(
+    if diag is not None:  # psycopg 3 and psycopg2 name these alike
+        return (
             state,
-            _str_or_none(getattr(diag, "message_primary", None)),
-            _str_or_none(getattr(diag, "message_hint", None)),
-            _str_or_none(getattr(diag, "message_detail", None)),
+            _text(diag, "message_primary"),
+            _text(diag, "message_hint"),
+            _text(diag, "message_detail"),
         )
-    return _ServerError(
-        state,
-        _str_or_none(getattr(exc, "message", None)),
-        _str_or_none(getattr(exc, "hint", None)),
-        _str_or_none(getattr(exc, "detail", None)),
-    )
-
-
-def _is_idmint_state(state: str | None) -> bool:
-    """One of idmint's own SQLSTATEs (class ID), not a retryable one it also maps."""
-    return state is not None and state.startswith("ID") and state in ERRORS
-
-
-#: How far error_from walks a chain of wrapped exceptions.
-_MAX_CHAIN = 32
+    return (state, _text(exc, "message"), _text(exc, "hint"), _text(exc, "detail"))
 
 
 def error_from(exc: BaseException) -> IdmintError | None:
-    """The idmint exception for an error raised through any PostgreSQL driver or ORM.
+    """The idmint exception behind an error raised through any PostgreSQL driver or ORM.
 
     ``exc`` may come from psycopg 3, psycopg2 or asyncpg, or from SQLAlchemy or Django
     wrapping one of them: the driver's error is found by following ``.orig`` (SQLAlchemy)
-    and ``__cause__`` (Django, SQLAlchemy's asyncpg adapter). For a SQLSTATE of class ``ID``
-    the matching :class:`IdmintError` subclass is returned, with the server's message, HINT
-    and DETAIL, and ``exc`` as its ``__cause__``; for anything else (another SQLSTATE, an
-    error that carries none) ``None``. An :class:`IdmintError` of class ``ID`` is returned
-    as it is. Typical use::
+    and ``__cause__`` (Django, SQLAlchemy's asyncpg adapter); a cycle ends the search. For
+    a SQLSTATE of class ``ID`` it returns the matching :class:`IdmintError` subclass (from
+    :data:`ERRORS`) with the server's message, HINT and DETAIL, and ``exc`` as its
+    ``__cause__``; for any other error (another SQLSTATE, or none) ``None``. An
+    :class:`IdmintError` of class ``ID`` is returned as it is. Typical use::
 
         except sqlalchemy.exc.DBAPIError as exc:
             if (err := idmint.error_from(exc)) is not None:
@@ -245,29 +207,43 @@ def error_from(exc: BaseException) -> IdmintError | None:
     todo: list[BaseException] = [exc]
     while todo and len(seen) < _MAX_CHAIN:
         current = todo.pop(0)
-        if id(current) in seen:  # a cycle (a wrapper that is its own cause, ...)
+        if id(current) in seen:
             continue
         seen.add(id(current))
         record = _server_error(current)
-        if record is not None and _is_idmint_state(record.sqlstate):
-            if record.message is not None:
+        if record is not None and _is_idmint_state(record[0]):
+            if record[1] is not None:
                 found = record
                 break
-            # A wrapper that knows only the SQLSTATE: look further for the driver's error.
-            found = found or record
+            found = found or record  # a wrapper that knows only the SQLSTATE: look deeper
         for link in (getattr(current, "orig", None), current.__cause__):
             if isinstance(link, BaseException):
                 todo.append(link)
     if found is None:
         return None
-    err = _build(
-        ERRORS[found.sqlstate],
-        found.sqlstate,
-        found.message or str(exc),
-        found.hint,
-        found.detail,
-        1,
-    )
+    state, message, hint, detail = found
+    err = ERRORS[state](message or str(exc), sqlstate=state, hint=hint, detail=detail)
     err.__cause__ = exc
     err.__suppress_context__ = True
     return err
+
+
+def translate(exc: psycopg.Error, *, attempts: int = 1) -> BaseException:
+    """The exception to raise for a psycopg error: an IdmintError subclass for a SQLSTATE in
+    :data:`ERRORS` (raise it ``from exc``), else ``exc`` itself."""
+    state = exc.sqlstate
+    cls = ERRORS.get(state) if state is not None else None
+    if cls is None:
+        return exc
+    diag = exc.diag
+    message = diag.message_primary or str(exc)
+    if cls is ConcurrencyError:
+        tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
+        return ConcurrencyError(
+            message + tried,
+            sqlstate=state,
+            hint=diag.message_hint,
+            detail=diag.message_detail,
+            attempts=attempts,
+        )
+    return cls(message, sqlstate=state, hint=diag.message_hint, detail=diag.message_detail)
