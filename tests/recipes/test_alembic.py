@@ -160,7 +160,6 @@ def downgrade():
 INSTALL_ASYNCPG = '''
 """install idmint 0001 (asyncpg)"""
 from alembic import op
-from sqlalchemy.util import await_only
 
 import idmint
 
@@ -169,8 +168,9 @@ down_revision = None
 
 
 def execute_script(name):
-    asyncpg_conn = op.get_bind().connection.driver_connection
-    await_only(asyncpg_conn.execute((idmint.migrations_dir() / name).read_text()))
+    sql = (idmint.migrations_dir() / name).read_text()
+    # run_async hands over the asyncpg connection that alembic's transaction runs on.
+    op.get_bind().connection.dbapi_connection.run_async(lambda conn: conn.execute(sql))
 
 
 def upgrade():
