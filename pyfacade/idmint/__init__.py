@@ -19,6 +19,7 @@ from .errors import (
     ReservationNotActiveError,
     UnknownEntityTypeError,
     UnknownFleetError,
+    error_from,
 )
 from .types import (
     CapacityReport,
@@ -52,5 +53,6 @@ __all__ = [
     "UnknownEntityTypeError",
     "UnknownFleetError",
     "__version__",
+    "error_from",
     "migrations_dir",
 ]
