@@ -2806,6 +2806,38 @@ $$;
 COMMENT ON FUNCTION idmint.driver_id_history(text) IS
     'The audit trail of one driver id (any case), oldest first: rows of idmint.driver_id_audit. ID003 if malformed';
 
+-- The same for one entity number, from its row in entity_numbers (when, how and by whom it
+-- was issued; when an app row took it). There is no public view over every issued number:
+-- a role that could list them could enumerate a type's numbers (contract §4).
+CREATE FUNCTION idmint.entity_number_history(number text)
+-- (The output column is entity_number: an OUT column cannot share the parameter's name.)
+RETURNS TABLE (at timestamptz, entity_number text, prefix integer, entity text, event text, how text,
+               actor text, issued_xid bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF entity_number_history.number IS NULL OR entity_number_history.number !~ '^[1-9][0-9]{6}$' THEN
+        PERFORM idmint._error('invalid_argument',
+            format('malformed entity number %s',
+                   coalesce(quote_literal(left(entity_number_history.number, 100)), 'NULL')),
+            'an entity number is 7 digits, the first being its type prefix 1..9');
+    END IF;
+    RETURN QUERY
+    SELECT h.at, e.number::text, e.number / 1000000, r.name, h.event, h.how, h.actor, h.xid
+    FROM idmint.entity_numbers e
+    LEFT JOIN idmint.entity_ranges r ON r.prefix = e.number / 1000000
+    CROSS JOIN LATERAL (VALUES
+        (e.issued_at, 'issued'::text, e.how, e.issued_by, e.issued_xid::text::bigint),
+        (e.bound_at, 'bound', NULL, NULL, NULL)) AS h(at, event, how, actor, xid)
+    WHERE e.number = entity_number_history.number::integer AND h.at IS NOT NULL
+    -- Issued comes first even when a trigger stamped the binding with the transaction's start.
+    ORDER BY h.event = 'bound';
+END
+$$;
+COMMENT ON FUNCTION idmint.entity_number_history(text) IS
+    'The audit trail of one entity number, oldest first: issued (how: gen, claim, bind, backfill; actor = session user; issued_xid = the issuing transaction) and bound (when an app row took it); none if never issued. ID003 if not 7 digits';
+
 -- ==== sql/70_cleanup.sql ====
 -- Scheduled clean-up with pg_cron (optional). pg_cron is never required: expired
 -- reservations count as free whether or not they were purged. Without pg_cron,
@@ -2990,6 +3022,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON idmint.driver_id_ledger TO idmint_user;
 -- Capacity and audit views (sql/60).
 GRANT SELECT ON idmint.fleet_capacity, idmint.driver_id_audit TO idmint_user;
+-- Covered by the loop above; named because the audit of entity numbers is readable on purpose.
+GRANT EXECUTE ON FUNCTION idmint.driver_id_history(text), idmint.entity_number_history(text) TO idmint_user;
 GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 
 -- Read-only internal helpers that code running with the caller's rights needs: the
