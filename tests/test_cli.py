@@ -554,10 +554,28 @@ def test_status_table_and_json(dsn: str) -> None:
 def test_status_window(dsn: str, db: psycopg.Connection) -> None:
     code, _ = add_fleet(dsn, "Old", "--max-drivers", "10")
     run("driver-id", code, "-n", "2", dsn=dsn)
+    db.execute(
+        "UPDATE idmint.fleets SET created_at = now() - interval '30 days' WHERE code = %s", [code]
+    )
     week = {str(r["key"]): r for r in _status_json(dsn)}
     day = {str(r["key"]): r for r in _status_json(dsn, "--window", "1d")}
     # the same two allocations over a 7x shorter window: a 7x higher rate
-    assert day[code]["per_day"] == pytest.approx(7 * float(week[code]["per_day"]))  # type: ignore[arg-type]
+    assert week[code]["per_day"] == pytest.approx(2 / 7)
+    assert day[code]["per_day"] == pytest.approx(2.0)
+    # one duration syntax: plain seconds, hours and days
+    for same in ("86400", "24h", "1440m"):
+        again = {str(r["key"]): r for r in _status_json(dsn, "--window", same)}
+        assert again[code]["per_day"] == pytest.approx(2.0)
+
+
+def test_status_rate_of_a_young_fleet(dsn: str) -> None:
+    """A fleet created just now with 7 ids: its rate is over its life, not 7 ids / 7 days."""
+    code, _ = add_fleet(dsn, "Young")
+    run("driver-id", code, "-n", "7", dsn=dsn)
+    [row] = [r for r in _status_json(dsn) if r["key"] == code]
+    assert isinstance(row["per_day"], float) and row["per_day"] > 7  # younger than a day
+    [line] = [r.split() for r in lines(run("status", dsn=dsn)) if f" {code} " in r]
+    assert line[-2] != "1.00" and float(line[-2]) > 7
 
 
 def test_status_unmigrated(dsn: str) -> None:
