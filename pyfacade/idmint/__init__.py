@@ -22,7 +22,9 @@ from .errors import (
 )
 from .types import (
     CapacityReport,
+    DriverIdEvent,
     EntityCapacity,
+    EntityNumberEvent,
     EntityType,
     Fleet,
     FleetCapacity,
@@ -37,7 +39,9 @@ __all__ = [
     "AsyncIdMint",
     "CapacityReport",
     "ConcurrencyError",
+    "DriverIdEvent",
     "EntityCapacity",
+    "EntityNumberEvent",
     "EntityRangeExhaustedError",
     "EntityType",
     "Fleet",
