@@ -407,3 +407,20 @@ def test_rollback_refuses_to_drop_data_unless_allowed(dsn: str, db: psycopg.Conn
     assert catalog(dsn)  # nothing dropped
     assert rollback(dsn) == ["0001_idmint"]  # the library call is explicit already
     assert catalog(dsn) == {}
+
+
+def test_a_role_outside_idmint_user_is_told_it_lacks_usage(
+    dsn: str, db: psycopg.Connection
+) -> None:
+    role = f"idmint_stranger_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with pytest.raises(MigrationError) as caught:
+            migrate(as_role(dsn, role))
+        assert caught.value.sqlstate == "42501"
+        assert caught.value.message == (
+            f"role {role} cannot read idmint's version: it lacks USAGE on schema idmint"
+        )
+        assert caught.value.hint and caught.value.hint.startswith("grant idmint_user to it")
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -142,9 +142,10 @@ class _State:
     schema_exists: bool
     schema_owner: str | None
     owns_schema: bool
+    schema_usage: bool
     version: str | None  # idmint.version(); None: no idmint schema
     version_readable: bool  # False: the schema exists but this role cannot read its version
-    has_version_function: bool
+    has_version_function: bool  # idmint.version() exists (whether or not it may call it)
     yoyo_missing: list[str]  # yoyo's privileges this role lacks (empty: it can run yoyo)
     recorded: dict[str, datetime | None] | None  # our ids yoyo records; None: unreadable
 
@@ -219,8 +220,9 @@ def _inspect(conn: psycopg.Connection[Any], ids: Sequence[str]) -> _State:
         schema_exists=exists,
         schema_owner=owner,
         owns_schema=owns,
+        schema_usage=usage,
         version=version,
-        version_readable=not exists or (usage and has_fn),
+        version_readable=not exists or version is not None,
         has_version_function=has_fn,
         yoyo_missing=missing,
         recorded=recorded,
@@ -250,10 +252,10 @@ def _installed(st: _State, ids: Sequence[str]) -> list[str]:
     if not st.schema_exists:
         return []
     if not st.version_readable:
-        if st.has_version_function or not st.owns_schema:
+        if not st.schema_usage or st.has_version_function:
+            lacks = "EXECUTE on idmint.version()" if st.schema_usage else "USAGE on schema idmint"
             raise MigrationError(
-                f"role {st.user} cannot read idmint's version: it lacks USAGE on schema idmint"
-                " (or EXECUTE on idmint.version())",
+                f"role {st.user} cannot read idmint's version: it lacks {lacks}",
                 sqlstate="42501",
                 hint="grant idmint_user to it to use idmint; " + _HOW_TO_INSTALL,
             )
