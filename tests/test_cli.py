@@ -660,6 +660,13 @@ def test_sql_through_psql_then_migrate_adopts_it(empty_db: str) -> None:
     p = run("migrations", dsn=empty_db)
     assert lines(p)[2:] == ["0001_idmint  applied  no", "version: 0001_idmint"]
     assert "`idmint migrate` records it as applied" in p.stderr
+    p = run("rollback", "--yes", dsn=empty_db)  # yoyo has no record of it yet
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == [
+        "idmint: nothing to roll back",
+        "HINT: idmint is installed but yoyo has no record of it (plain SQL): run"
+        " `idmint migrate` to adopt it first, or `idmint sql --rollback | psql -1 -f -`",
+    ]
     doc = json.loads(run("migrations", "--json", dsn=empty_db).stdout)
     assert doc == {
         "version": "0001_idmint",

@@ -368,7 +368,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         out(mid)
     if not undone:
         out("idmint: nothing to roll back", sys.stderr)
+        if _installed_unrecorded(dsn):
+            out(
+                "HINT: idmint is installed but yoyo has no record of it (plain SQL): run"
+                " `idmint migrate` to adopt it first, or `idmint sql --rollback | psql -1 -f -`",
+                sys.stderr,
+            )
     return EXIT_OK
+
+
+def _installed_unrecorded(dsn: str) -> bool:
+    from .migrate import migrations_status
+
+    try:
+        _, rows = migrations_status(dsn)
+    except IdmintError:
+        return False
+    return any(r.applied and r.recorded is False for r in rows)
 
 
 def _utc(at: datetime | None) -> str | None:
