@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import queue
 import re
 import signal
@@ -284,7 +285,7 @@ def test_migrate_rollback_round_trip(dsn: str, db: psycopg.Connection) -> None:
     assert lines(run("migrate", dsn=dsn)) == ["0001_idmint"]
     code, _ = add_fleet(dsn, "Back")
     assert lines(run("driver-id", code, dsn=dsn)) == [f"DRV-001{code}"]
-    assert lines(run("rollback", "--steps", "5", dsn=dsn)) == ["0001_idmint"]
+    assert lines(run("rollback", "--steps", "5", "--yes", dsn=dsn)) == ["0001_idmint"]
     assert lines(run("migrate", dsn=dsn)) == ["0001_idmint"]
 
 
@@ -617,8 +618,15 @@ def test_status_rate_of_a_young_fleet(dsn: str) -> None:
 
 def test_status_unmigrated(dsn: str) -> None:
     run("rollback", dsn=dsn)
+    assert refused("status", dsn=dsn, sqlstate="3F000") == (
+        "idmint: error 3F000: idmint is not installed in this database\n"
+        "HINT: install it with `idmint migrate` (as the database owner),"
+        " or `idmint sql | psql -1 -f -`\n"
+    )
+    assert refused("status", "--json", dsn=dsn, sqlstate="3F000").startswith(
+        "idmint: error 3F000: idmint is not installed in this database\n"
+    )
     hint = "HINT: is idmint installed in this database? Run: idmint migrate"
-    assert hint in refused("status", dsn=dsn, sqlstate="3F000")
     assert hint in refused("fleet", "list", dsn=dsn, sqlstate="42P01")
 
 
@@ -827,3 +835,224 @@ def test_cli_hint_translation() -> None:
     sql = "run: SELECT cron.schedule_in_database('j', '* * * * *', 'SELECT idmint.purge_expired_reservations()', 'db')"
     assert cli_hint(sql) == sql
     assert cli_hint("see idmint.error_codes") == "see idmint.error_codes"
+
+
+# -- installing and migrating: migrations, sql, adopting, safe rollback, app roles --------------
+
+INSTALL_COMMANDS = [["migrations"], ["sql"]]
+
+
+@pytest.mark.parametrize("command", INSTALL_COMMANDS, ids=lambda c: " ".join(c))
+def test_help_on_install_commands(command: list[str]) -> None:
+    p = run(*command, "--help")
+    assert p.stdout.startswith("usage: idmint " + " ".join(command)), p.stdout
+    top = run("--help").stdout
+    assert re.search(rf"^\s+{command[0]}\s", top, re.M), top
+    assert "--yes" in run("rollback", "--help").stdout
+
+
+def psql() -> str:
+    """psql of the server the tests run (the same lookup as tools/pg_ctl)."""
+    found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+    bindirs = [found.stdout.strip()] if found.returncode == 0 else []
+    bindirs += sorted(
+        (str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
+        key=lambda d: int(Path(d).parent.name),
+        reverse=True,
+    )
+    path = next(Path(d) / "psql" for d in bindirs if (Path(d) / "psql").exists())
+    return str(path)
+
+
+def pipe_to_psql(sql_args: list[str], target: str) -> None:
+    """`idmint sql ... | psql -1 -f -`, as the docs say."""
+    script = (
+        f"set -o pipefail; {IDMINT} sql {' '.join(sql_args)}"
+        f' | {psql()} -X -q -v ON_ERROR_STOP=1 -1 -f - -d "$TARGET"'
+    )
+    p = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env=clean_env(TARGET=target),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "ERROR" not in p.stderr, p.stderr
+
+
+@pytest.fixture
+def empty_db(db: psycopg.Connection, dsn: str) -> Iterator[str]:
+    """A database of the test cluster without idmint (nor yoyo's tables) in it."""
+    name = f"idmint_cli_{os.urandom(5).hex()}"
+    db.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
+    finally:
+        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_sql_prints_every_migration_in_order_without_a_connection() -> None:
+    root = Path(__file__).resolve().parent.parent / "migrations"
+    # no DSN anywhere: `sql` never connects
+    up = run("sql", env=clean_env()).stdout
+    assert (root / "0001_idmint.sql").read_text().strip() in up
+    assert up.startswith("-- ==== idmint migration 0001_idmint ====\n")
+    down = run("sql", "--rollback", env=clean_env()).stdout
+    assert down.startswith("-- ==== idmint rollback 0001_idmint ====\n")
+    assert (root / "0001_idmint.rollback.sql").read_text().strip() in down
+
+
+def test_sql_through_psql_then_migrate_adopts_it(empty_db: str) -> None:
+    p = run("migrations", dsn=empty_db)
+    assert lines(p) == [
+        "MIGRATION    STATE    RECORDED",
+        "-----------  -------  --------",
+        "0001_idmint  pending  no",
+        "version: none (idmint is not installed; run: idmint migrate)",
+    ]
+
+    pipe_to_psql([], empty_db)
+    code, _ = add_fleet(empty_db, "Plain")
+    assert lines(run("driver-id", code, dsn=empty_db)) == [f"DRV-001{code}"]
+    p = run("migrations", dsn=empty_db)
+    assert lines(p)[2:] == ["0001_idmint  applied  no", "version: 0001_idmint"]
+    assert "`idmint migrate` records it as applied" in p.stderr
+    p = run("rollback", "--yes", dsn=empty_db)  # yoyo has no record of it yet
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == [
+        "idmint: nothing to roll back",
+        "HINT: idmint is installed but yoyo has no record of it (plain SQL): run"
+        " `idmint migrate` to adopt it first, or `idmint sql --rollback | psql -1 -f -`",
+    ]
+    doc = json.loads(run("migrations", "--json", dsn=empty_db).stdout)
+    assert doc == {
+        "version": "0001_idmint",
+        "migrations": [
+            {"id": "0001_idmint", "state": "applied", "recorded": False, "recorded_at": None}
+        ],
+    }
+
+    p = run("migrate", dsn=empty_db)  # 0.1: 42P07 relation "error_codes" already exists
+    assert p.stdout == ""
+    assert p.stderr == "idmint: recorded 0001_idmint as applied (it was installed with plain SQL)\n"
+    assert run("migrate", dsn=empty_db).stderr == "idmint: already up to date\n"
+    (entry,) = json.loads(run("migrations", "--json", dsn=empty_db).stdout)["migrations"]
+    assert (entry["state"], entry["recorded"]) == ("applied", True)
+    assert re.fullmatch(TIMESTAMP, entry["recorded_at"])
+    assert lines(run("driver-id", code, dsn=empty_db)) == [f"DRV-002{code}"]  # data kept
+
+    assert lines(run("rollback", "--yes", dsn=empty_db)) == ["0001_idmint"]
+    assert lines(run("migrations", dsn=empty_db))[2] == "0001_idmint  pending  no"
+
+
+def test_sql_rollback_through_psql_removes_idmint(dsn: str, db: psycopg.Connection) -> None:
+    add_fleet(dsn, "Gone")
+    pipe_to_psql(["--rollback"], dsn)
+    assert db.execute("SELECT to_regnamespace('idmint')").fetchone() == (None,)
+
+
+def test_migrate_refuses_a_newer_install(empty_db: str) -> None:
+    pipe_to_psql([], empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION idmint.version() RETURNS text LANGUAGE sql"
+            " AS $$ SELECT '0999_later'::text $$"
+        )
+    err = refused("migrate", dsn=empty_db, sqlstate="55000")
+    assert "idmint version 0999_later" in err
+    assert "HINT: upgrade the idmint package" in err
+    refused("migrations", dsn=empty_db, sqlstate="55000")
+
+
+# An app's login role: a member of idmint_user, nothing else.
+@pytest.fixture
+def app_dsn(db: psycopg.Connection, dsn: str) -> Iterator[str]:
+    role = f"idmint_cli_app_{os.urandom(4).hex()}"
+    db.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE idmint_user')
+    yield psycopg.conninfo.make_conninfo(dsn, user=role)
+    db.execute(f'DROP ROLE "{role}"')
+
+
+def test_migrate_as_an_app_role(dsn: str, app_dsn: str) -> None:
+    p = run("migrate", dsn=app_dsn)  # nothing pending: at once, no yoyo lock
+    assert (p.stdout, p.stderr) == ("", "idmint: already up to date\n")
+    assert lines(run("migrations", dsn=app_dsn))[2:] == [
+        "0001_idmint  applied  unknown",
+        "version: 0001_idmint",
+    ]
+    run("rollback", dsn=dsn)
+    err = refused("migrate", dsn=app_dsn, sqlstate="42501")
+    first, hint = err.splitlines()
+    assert "cannot migrate idmint: it lacks " in first
+    assert "INSERT, DELETE on table public.yoyo_lock" in first
+    assert hint.startswith("HINT: run `idmint migrate` as the database owner")
+    refused("rollback", dsn=app_dsn, sqlstate="42501")
+
+
+def add_data(dsn: str) -> None:
+    code, _ = add_fleet(dsn, "Kept")
+    run("driver-id", code, "-n", "2", dsn=dsn)
+    run("numbers", "part", "3", dsn=dsn)
+
+
+def installed(db: psycopg.Connection) -> bool:
+    row = db.execute("SELECT to_regnamespace('idmint') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def test_rollback_with_data_needs_yes_without_a_terminal(dsn: str, db: psycopg.Connection) -> None:
+    add_data(dsn)
+    p = run("rollback", dsn=dsn, rc=2)  # stdin is not a terminal here
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == [
+        "idmint: error: rolling back 0001_idmint would drop idmint's data:"
+        " 1 fleet, 2 driver ids, 3 entity numbers",
+        "HINT: nothing was changed; to drop it run `idmint rollback --yes`"
+        " (back it up first: pg_dump -n idmint)",
+    ]
+    p = run("rollback", "--steps", "2", dsn=dsn, rc=2)
+    assert "run `idmint rollback --steps 2 --yes`" in p.stderr
+    assert installed(db)
+    assert db.execute("SELECT count(*) FROM idmint.fleets").fetchone() == (1,)
+
+    assert lines(run("rollback", "--yes", dsn=dsn)) == ["0001_idmint"]
+    assert not installed(db)
+
+
+def test_rollback_of_an_empty_install_asks_nothing(dsn: str, db: psycopg.Connection) -> None:
+    """No fleet, driver id or entity number: nothing of the user's is lost (the built-in
+    entity types come back with the next migrate)."""
+    assert lines(run("rollback", dsn=dsn)) == ["0001_idmint"]
+    assert not installed(db)
+
+
+def run_on_a_terminal(*args: str, dsn: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """Run with stdin on a pseudo-terminal that has `answer` typed in already."""
+    primary, secondary = pty.openpty()
+    try:
+        os.write(primary, answer.encode())
+        return subprocess.run(
+            [IDMINT, "--dsn", dsn, *args],
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+        )
+    finally:
+        os.close(secondary)
+        os.close(primary)
+
+
+def test_rollback_with_data_asks_on_a_terminal(dsn: str, db: psycopg.Connection) -> None:
+    add_data(dsn)
+    question = "Roll back 0001_idmint and drop 1 fleet, 2 driver ids, 3 entity numbers? [y/N] "
+    for answer in ("\n", "n\n", "yess\n"):
+        p = run_on_a_terminal("rollback", dsn=dsn, answer=answer)
+        assert (p.returncode, p.stdout) == (1, ""), p.stderr
+        assert p.stderr == question + "idmint: rollback cancelled; nothing was changed\n"
+        assert installed(db)
+    p = run_on_a_terminal("rollback", dsn=dsn, answer="y\n")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "0001_idmint\n", question)
+    assert not installed(db)

@@ -223,12 +223,49 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description or help)
 
-    c = cmd("migrate", "apply pending migrations (idempotent); prints the ids applied")
+    c = cmd(
+        "migrate",
+        "apply pending migrations (idempotent); prints the ids applied",
+        "Apply pending migrations and print the ids applied. Returns at once when nothing "
+        "is pending (any role that can use idmint). A role that may not migrate is told "
+        "which privilege it lacks before anything is locked. An install made with plain "
+        "SQL (idmint sql, alembic, Django) is recorded as applied instead of replayed.",
+    )
     c.set_defaults(func=cmd_migrate)
 
-    c = cmd("rollback", "roll back the newest migration(s); prints the ids rolled back")
+    c = cmd(
+        "rollback",
+        "roll back the newest migration(s); prints the ids rolled back",
+        "Roll back the newest migration(s) and print the ids rolled back. Rolling back "
+        "0001_idmint drops schema idmint with every fleet, driver id and entity number: "
+        "when there are any, it asks on a terminal and otherwise needs --yes (without it: "
+        "exit 2, nothing changed). An install without any of them rolls back at once.",
+    )
     c.add_argument("--steps", type=_positive_int, default=1, metavar="N", help="default 1")
+    c.add_argument("--yes", action="store_true", help="drop idmint's data without asking")
     c.set_defaults(func=cmd_rollback)
+
+    c = cmd(
+        "migrations",
+        "list each migration as applied or pending, and the installed version",
+        "List idmint's migrations: applied or pending (by the database's idmint.version()) "
+        "and when yoyo recorded them ('no': installed with plain SQL, `idmint migrate` "
+        "records it; 'unknown': this role cannot read yoyo's records).",
+    )
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.set_defaults(func=cmd_migrations)
+
+    c = cmd(
+        "sql",
+        "print the migrations' SQL (for psql -1 -f, alembic op.execute, Django RunSQL)",
+        "Print every migration's SQL in order, to run in one transaction: "
+        "`idmint sql | psql -1 -f -`. With --rollback, the rollback scripts, newest first. "
+        "No connection is made; `idmint migrate` later records such an install as applied.",
+    )
+    c.add_argument(
+        "--rollback", action="store_true", help="print the SQL that removes idmint instead"
+    )
+    c.set_defaults(func=cmd_sql, needs_db=False)
 
     c = cmd(
         "status",
@@ -458,24 +495,132 @@ def out(line: object = "", stream: TextIO | None = None) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrate import migrate
+    from .migrate import migrate_outcome
 
-    applied = migrate(explicit_dsn(resolve_dsn(args)))
-    for mid in applied:
+    outcome = migrate_outcome(explicit_dsn(resolve_dsn(args)))
+    for mid in outcome.adopted:
+        out(f"idmint: recorded {mid} as applied (it was installed with plain SQL)", sys.stderr)
+    for mid in outcome.applied:
         out(mid)
-    if not applied:
+    if not outcome.applied and not outcome.adopted:
         out("idmint: already up to date", sys.stderr)
     return EXIT_OK
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from .migrate import rollback
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; only 'y' or 'yes' is a yes (end of input is a no)."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
 
-    undone = rollback(explicit_dsn(resolve_dsn(args)), steps=args.steps)
+
+def _data_loss_refused(args: argparse.Namespace, ids: Sequence[str], counts: object) -> int:
+    steps = f" --steps {args.steps}" if args.steps != 1 else ""
+    out(
+        f"idmint: error: rolling back {', '.join(ids)} would drop idmint's data: {counts}",
+        sys.stderr,
+    )
+    out(
+        f"HINT: nothing was changed; to drop it run `idmint rollback{steps} --yes`"
+        " (back it up first: pg_dump -n idmint)",
+        sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .migrate import DataLossRefused, rollback, rollback_plan
+
+    dsn = explicit_dsn(resolve_dsn(args))
+    allow = bool(args.yes)
+    if not allow:
+        ids, counts = rollback_plan(dsn, args.steps)
+        if counts:
+            if not sys.stdin.isatty():
+                return _data_loss_refused(args, ids, counts)
+            if not _confirm(f"Roll back {', '.join(ids)} and drop {counts}?"):
+                out("idmint: rollback cancelled; nothing was changed", sys.stderr)
+                return EXIT_ERROR
+            allow = True
+    try:
+        undone = rollback(dsn, steps=args.steps, allow_data_loss=allow)
+    except DataLossRefused as e:  # data arrived after the check above
+        return _data_loss_refused(args, e.ids, e.counts)
     for mid in undone:
         out(mid)
     if not undone:
         out("idmint: nothing to roll back", sys.stderr)
+        if _installed_unrecorded(dsn):
+            out(
+                "HINT: idmint is installed but yoyo has no record of it (plain SQL): run"
+                " `idmint migrate` to adopt it first, or `idmint sql --rollback | psql -1 -f -`",
+                sys.stderr,
+            )
+    return EXIT_OK
+
+
+def _installed_unrecorded(dsn: str) -> bool:
+    from .migrate import migrations_status
+
+    try:
+        _, rows = migrations_status(dsn)
+    except IdmintError:
+        return False
+    return any(r.applied and r.recorded is False for r in rows)
+
+
+def _utc(at: datetime | None) -> str | None:
+    """yoyo stores naive UTC timestamps."""
+    if at is None:
+        return None
+    at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return at.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_migrations(args: argparse.Namespace) -> int:
+    from .migrate import migrations_status
+
+    version, rows = migrations_status(explicit_dsn(resolve_dsn(args)))
+    if args.json:
+        doc = {
+            "version": version,
+            "migrations": [
+                {
+                    "id": r.id,
+                    "state": "applied" if r.applied else "pending",
+                    "recorded": r.recorded,
+                    "recorded_at": _utc(r.recorded_at),
+                }
+                for r in rows
+            ],
+        }
+        out(json.dumps(doc, indent=2))
+        return EXIT_OK
+    table: list[list[object]] = [
+        [
+            r.id,
+            "applied" if r.applied else "pending",
+            "unknown"
+            if r.recorded is None
+            else (_utc(r.recorded_at) or "yes")
+            if r.recorded
+            else "no",
+        ]
+        for r in rows
+    ]
+    for line in format_table(("MIGRATION", "STATE", "RECORDED"), table):
+        out(line)
+    out(f"version: {version or 'none (idmint is not installed; run: idmint migrate)'}")
+    if any(r.applied and r.recorded is False for r in rows):
+        out("idmint: installed with plain SQL; `idmint migrate` records it as applied", sys.stderr)
+    return EXIT_OK
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from .migrate import migration_sql
+
+    sys.stdout.write(migration_sql(rollback=args.rollback))
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -496,8 +641,17 @@ def print_json(rows: Sequence[Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _mint(args) as mint:
-        rows = mint.capacity_report(args.window)
+    try:
+        with _mint(args) as mint:
+            rows = mint.capacity_report(args.window)
+    except psycopg.errors.InvalidSchemaName as e:  # 3F000: no schema idmint
+        out(f"idmint: error {e.sqlstate}: idmint is not installed in this database", sys.stderr)
+        out(
+            "HINT: install it with `idmint migrate` (as the database owner),"
+            " or `idmint sql | psql -1 -f -`",
+            sys.stderr,
+        )
+        return EXIT_ERROR
     if args.json:
         print_json(rows)
     else:

@@ -188,7 +188,14 @@ class IdMint:
         Returns the ids applied. The migration opens its own connection: to ``dsn`` if
         given, else the client's DSN, else one derived from ``conn.info`` (of ``conn``, the
         client's connection or a connection borrowed from its pool). Run it against
-        PostgreSQL directly, not through PgBouncer."""
+        PostgreSQL directly, not through PgBouncer.
+
+        With nothing pending (the database's ``idmint.version()`` is the newest) it
+        returns ``[]`` at once, for any role that can use idmint (an app's role). When
+        something is pending and the role may not migrate, it raises
+        :class:`idmint.migrate.MigrationError` (SQLSTATE 42501, an :class:`IdmintError`)
+        naming the missing privileges, before taking any lock. An install made with plain
+        SQL (``idmint sql``, alembic, Django) is recorded as applied, not replayed."""
         from .migrate import migrate as _migrate
 
         return _migrate(dsn or self._migration_dsn(conn))
