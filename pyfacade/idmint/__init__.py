@@ -23,7 +23,9 @@ from .errors import (
 )
 from .types import (
     CapacityReport,
+    DriverIdEvent,
     EntityCapacity,
+    EntityNumberEvent,
     EntityType,
     Fleet,
     FleetCapacity,
@@ -38,7 +40,9 @@ __all__ = [
     "AsyncIdMint",
     "CapacityReport",
     "ConcurrencyError",
+    "DriverIdEvent",
     "EntityCapacity",
+    "EntityNumberEvent",
     "EntityRangeExhaustedError",
     "EntityType",
     "Fleet",
