@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 import idmint
+from idmint.cluster import find_bindir
 from tests.util import wait_expired
 
 IDMINT = str(Path(sys.executable).with_name("idmint"))
@@ -852,16 +853,10 @@ def test_help_on_install_commands(command: list[str]) -> None:
 
 
 def psql() -> str:
-    """psql of the server the tests run (the same lookup as tools/pg_ctl)."""
-    found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
-    bindirs = [found.stdout.strip()] if found.returncode == 0 else []
-    bindirs += sorted(
-        (str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
-        key=lambda d: int(Path(d).parent.name),
-        reverse=True,
-    )
-    path = next(Path(d) / "psql" for d in bindirs if (Path(d) / "psql").exists())
-    return str(path)
+    """psql of the server the tests run (found as idmint.cluster finds the server)."""
+    bindir = find_bindir()
+    assert bindir is not None and (bindir / "psql").exists(), bindir
+    return str(bindir / "psql")
 
 
 def pipe_to_psql(sql_args: list[str], target: str) -> None:
