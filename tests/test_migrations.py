@@ -259,6 +259,23 @@ def test_app_role_with_something_pending_fails_fast_naming_the_privilege(
         assert conn.execute("SELECT to_regnamespace('idmint')").fetchone() == (None,)
 
 
+def test_migration_errors_are_exported_from_idmint(empty_db: str, app_role: str) -> None:
+    """An app that migrates at start-up catches the refusal as `idmint.MigrationError`
+    (the same class as idmint.migrate's), without `import idmint` loading yoyo."""
+    import idmint
+    import idmint.migrate
+
+    assert idmint.MigrationError is MigrationError is idmint.migrate.MigrationError
+    assert idmint.DataLossRefused is DataLossRefused
+    assert {"MigrationError", "DataLossRefused"} <= set(idmint.__all__)
+    with pytest.raises(idmint.MigrationError) as caught:
+        idmint.IdMint(as_role(empty_db, app_role)).migrate()
+    assert caught.value.sqlstate == "42501"
+    code = "import sys, idmint; idmint.MigrationError; print('yoyo' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "False"
+
+
 def test_app_role_cannot_take_yoyos_lock_fails_fast(dsn: str, app_role: str) -> None:
     """yoyo's tables exist (the owner migrated once) but the app may not write them: this is
     where 0.1 retried the lock row for two minutes."""

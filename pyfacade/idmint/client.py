@@ -194,7 +194,7 @@ class IdMint:
         With nothing pending (the database's ``idmint.version()`` is the newest) it
         returns ``[]`` at once, for any role that can use idmint (an app's role). When
         something is pending and the role may not migrate, it raises
-        :class:`idmint.migrate.MigrationError` (SQLSTATE 42501, an :class:`IdmintError`)
+        :class:`idmint.MigrationError` (SQLSTATE 42501, an :class:`IdmintError`)
         naming the missing privileges, before taking any lock. An install made with plain
         SQL (``idmint sql``, alembic, Django) is recorded as applied, not replayed."""
         from .migrate import migrate as _migrate

@@ -14,7 +14,8 @@ those packages is imported here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NoReturn
 
@@ -155,6 +156,50 @@ _ServerError = tuple[str, str | None, str | None, str | None]
 
 #: How many exceptions error_from looks at along a chain of wrappers.
 _MAX_CHAIN = 32
+
+
+# Migration refusals live here, not in idmint.migrate, so that ``import idmint`` can export
+# them without importing yoyo.
+class MigrationError(IdmintError):
+    """Migrating is refused before anything is changed: a missing privilege (SQLSTATE
+    42501) or a database whose idmint install does not match this package (55000)."""
+
+
+class DataLossRefused(MigrationError):
+    """A rollback would drop idmint's data and was not allowed to (``allow_data_loss``)."""
+
+    def __init__(self, counts: DataCounts, ids: Sequence[str]) -> None:
+        self.counts = counts
+        self.ids = list(ids)
+        super().__init__(
+            f"rolling back {', '.join(ids)} would drop idmint's data: {counts}",
+            sqlstate="55000",
+            hint="back it up first (pg_dump -n idmint); `idmint rollback --yes` drops it",
+        )
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    """What a rollback of idmint would drop."""
+
+    fleets: int
+    driver_ids: int
+    entity_numbers: int
+
+    def __bool__(self) -> bool:
+        return any((self.fleets, self.driver_ids, self.entity_numbers))
+
+    def __str__(self) -> str:
+        def n(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
+
+        return ", ".join(
+            (
+                n(self.fleets, "fleet", "fleets"),
+                n(self.driver_ids, "driver id", "driver ids"),
+                n(self.entity_numbers, "entity number", "entity numbers"),
+            )
+        )
 
 
 def _text(obj: object, name: str) -> str | None:

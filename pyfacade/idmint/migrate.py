@@ -27,7 +27,11 @@ from yoyo import get_backend, read_migrations
 from yoyo.migrations import default_migration_table
 
 from ._resources import migrations_dir
-from .errors import IdmintError
+
+# Defined in errors (exported as idmint.MigrationError ...), kept importable from here.
+from .errors import DataCounts as DataCounts
+from .errors import DataLossRefused as DataLossRefused
+from .errors import MigrationError as MigrationError
 
 LOCK_TIMEOUT_S = 120
 
@@ -44,48 +48,6 @@ _HOW_TO_INSTALL = (
     "run `idmint migrate` as the database owner (or a role that owns schema idmint), "
     "or have a DBA run `idmint sql | psql -1 -f -`"
 )
-
-
-class MigrationError(IdmintError):
-    """Migrating is refused before anything is changed: a missing privilege (SQLSTATE
-    42501) or a database whose idmint install does not match this package (55000)."""
-
-
-class DataLossRefused(MigrationError):
-    """A rollback would drop idmint's data and was not allowed to (``allow_data_loss``)."""
-
-    def __init__(self, counts: DataCounts, ids: Sequence[str]) -> None:
-        self.counts = counts
-        self.ids = list(ids)
-        super().__init__(
-            f"rolling back {', '.join(ids)} would drop idmint's data: {counts}",
-            sqlstate="55000",
-            hint="back it up first (pg_dump -n idmint); `idmint rollback --yes` drops it",
-        )
-
-
-@dataclass(frozen=True)
-class DataCounts:
-    """What a rollback of idmint would drop."""
-
-    fleets: int
-    driver_ids: int
-    entity_numbers: int
-
-    def __bool__(self) -> bool:
-        return any((self.fleets, self.driver_ids, self.entity_numbers))
-
-    def __str__(self) -> str:
-        def n(count: int, one: str, many: str) -> str:
-            return f"{count} {one if count == 1 else many}"
-
-        return ", ".join(
-            (
-                n(self.fleets, "fleet", "fleets"),
-                n(self.driver_ids, "driver id", "driver ids"),
-                n(self.entity_numbers, "entity number", "entity numbers"),
-            )
-        )
 
 
 @dataclass(frozen=True)
