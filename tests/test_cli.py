@@ -731,7 +731,11 @@ def test_backfill(dsn: str, db: psycopg.Connection) -> None:
     assert len(set(filled)) == 5 and all(re.fullmatch(r"1\d{6}", n) for n in filled)
     refused("backfill", "app.parts", "short", "part", dsn=dsn, sqlstate="ID003")
     refused("backfill", "app.parts", "pn", "widget", dsn=dsn, sqlstate="ID008")
-    refused("backfill", "app.nothing", "pn", "part", dsn=dsn, sqlstate="42P01")
+    err = refused("backfill", "app.nothing", "pn", "part", dsn=dsn, sqlstate="42P01")
+    assert "HINT" not in err  # app's table is missing, not idmint
+    # A schema that does not exist is the user's, not a missing idmint install.
+    err = refused("backfill", "nowhere.parts", "pn", "part", dsn=dsn, sqlstate="3F000")
+    assert err == 'idmint: error 3F000: schema "nowhere" does not exist\n'
 
 
 def test_fleet_list_json(dsn: str) -> None:
@@ -823,6 +827,27 @@ def test_hints_name_the_cli_command(dsn: str) -> None:
     with pytest.raises(idmint.UnknownFleetError) as info:
         idmint.IdMint(dsn).next_driver_id("ZZZ")
     assert info.value.hint == "create it with idmint.add_fleet"
+
+
+def test_fleet_code_taken_hint_names_the_cli_option(dsn: str) -> None:
+    code, _ = add_fleet(dsn, "Taken")
+    err = refused("fleet", "add", "Other", "--code", code, dsn=dsn, sqlstate="ID004")
+    assert "HINT: choose another code, or leave out --code to get a free one" in err
+    assert "NULL" not in err
+
+
+def test_permission_hints_name_the_role_to_grant(dsn: str, app_dsn: str) -> None:
+    """An app role (idmint_user) may not change the rules: the CLI says which role to grant;
+    a role without idmint_user is told to get it."""
+    code, _ = add_fleet(dsn, "Perm")
+    admin_hint = "HINT: this changes idmint's rules and needs the role idmint_admin"
+    assert admin_hint in refused("reset", code, "1", dsn=app_dsn, sqlstate="42501")
+    assert admin_hint in refused("types", "add", "7", "invoice", dsn=app_dsn, sqlstate="42501")
+    outsider = psycopg.conninfo.conninfo_to_dict(app_dsn)["user"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'REVOKE idmint_user FROM "{outsider}"')
+    err = refused("driver-id", code, dsn=app_dsn, sqlstate="42501")
+    assert "HINT: an application's role needs the role idmint_user: GRANT idmint_user TO" in err
 
 
 def test_cli_hint_translation() -> None:

@@ -943,6 +943,18 @@ CLI_COMMANDS = {
 _SQL_CALL = re.compile(r"(?<!')(?<!SELECT )\bidmint\.([a-z_]+)(?:\([^()]*\))?")
 
 
+# Advice written for SQL callers that reads differently on the command line.
+_CLI_PHRASES = {
+    "or pass NULL to get a free one": "or leave out --code to get a free one",
+}
+# What changes the rules (contract 0.2 §0) needs idmint_admin; the rest idmint_user.
+_ADMIN_FUNCTIONS = frozenset(
+    ("reset_driver_sequence", "add_entity_type", "schedule_cleanup", "unschedule_cleanup")
+)
+_DENIED = re.compile(r"permission denied for (function|schema) ([a-z_]+)")
+_NOT_INSTALLED = "is idmint installed in this database? Run: idmint migrate"
+
+
 def cli_hint(hint: str) -> str:
     """A HINT with the SQL functions it names replaced by the CLI commands that do the same."""
 
@@ -950,7 +962,31 @@ def cli_hint(hint: str) -> str:
         command = CLI_COMMANDS.get(m.group(1))
         return f"`{command}`" if command else m.group(0)
 
+    for sql_words, cli_words in _CLI_PHRASES.items():
+        hint = hint.replace(sql_words, cli_words)
     return _SQL_CALL.sub(swap, hint)
+
+
+def _missing_hint(state: str | None, message: str) -> str | None:
+    """A HINT for a server error that has none: idmint not installed in this database, or a
+    role without idmint's roles. None for errors about other objects (e.g. `backfill` on a
+    schema that does not exist is not a missing idmint)."""
+    if state == "3F000" and 'schema "idmint"' in message:
+        return _NOT_INSTALLED
+    if state in ("42883", "42P01") and "idmint." in message:
+        return _NOT_INSTALLED
+    denied = _DENIED.search(message) if state == "42501" else None
+    if denied is None:
+        return None
+    kind, name = denied.groups()
+    if kind == "function" and name in _ADMIN_FUNCTIONS:
+        return (
+            "this changes idmint's rules and needs the role idmint_admin:"
+            " GRANT idmint_admin TO <your role>"
+        )
+    if (kind, name) == ("schema", "idmint") or name in CLI_COMMANDS:
+        return "an application's role needs the role idmint_user: GRANT idmint_user TO <your role>"
+    return None
 
 
 def report_error(e: BaseException, stream: TextIO | None = None) -> int:
@@ -975,11 +1011,7 @@ def report_error(e: BaseException, stream: TextIO | None = None) -> int:
         lines.append(f"idmint: error {state}: {message}" if state else f"idmint: error: {message}")
         if diag.message_detail:
             lines.append(f"DETAIL: {diag.message_detail}")
-        hint = diag.message_hint
-        if not hint and (
-            state == "3F000" or (state in ("42883", "42P01") and "idmint." in message)
-        ):
-            hint = "is idmint installed in this database? Run: idmint migrate"
+        hint = diag.message_hint or _missing_hint(state, message)
         if not hint and connection:
             hint = "pass --dsn URL, set DATABASE_URL, or the PG* variables"
         if hint:
