@@ -27,6 +27,7 @@ Host and port come from ``PGHOST``/``PGPORT``, as the README says.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import re
@@ -278,3 +279,39 @@ def test_readme_runs_top_to_bottom(readme_env: None, monkeypatch: pytest.MonkeyP
             continue
         ran += 1
     assert ran >= 5
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, set[str]]:
+    """Every (sub)command of the CLI, e.g. 'fleet list', with its option strings."""
+    found: dict[str, set[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _commands(sub, f"{prefix}{name} ")
+                found.update(nested or {f"{prefix}{name}": _options(sub)})
+    return found
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")}
+
+
+def test_cli_in_brief_names_every_command() -> None:
+    """The README's "CLI in brief" lists each command of `idmint --help` (also the ones added
+    after it was written), and `--json` wherever a command takes it."""
+    from idmint.cli import build_parser
+
+    (brief,) = [b for b in blocks(README.read_text()) if b.text.startswith("idmint migrate")]
+    shown: dict[str, str] = {}
+    for line in brief.text.splitlines():
+        assert line.startswith("idmint "), line
+        for part in line.removeprefix("idmint ").split("  ")[0].split(" | "):
+            words = part.split()
+            grouped = words[0] in ("fleet", "types")
+            shown[" ".join(words[:2] if grouped else words[:1])] = part
+    commands = _commands(build_parser())
+    assert "types add" in commands and "backfill" in commands  # the parser is read right
+    assert set(commands) <= set(shown), set(commands) - set(shown)
+    for name, options in commands.items():
+        if "--json" in options:
+            assert "[--json]" in shown[name], name
