@@ -6,7 +6,11 @@ DDL event), bulk numbering through gen_entity_numbers, and errors through error_
 
 from __future__ import annotations
 
+import re
+import sys
+import types
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -129,3 +133,29 @@ async def test_asyncio_server_default_trigger_bulk_numbers_and_errors(
     assert app.execute("SELECT name, driver_id FROM app.drivers").fetchall() == [
         ("Ann B.", "DRV-001AAA")
     ]
+
+
+def test_the_docs_blocks_run_as_written(
+    app_server: Server, app: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/ORMS.md's two SQLAlchemy blocks, copied as a new user would (only the URL is
+    this test's), run in order in a fresh namespace: models, DDL events, imports, engine."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ORMS.md").read_text()
+    section = doc.split("## SQLAlchemy 2", 1)[1].split("\n## ", 1)[0]
+    models, usage = re.findall(r"```python\n(.*?)```", section, re.S)
+    url = app_server.url("postgresql+psycopg").render_as_string(hide_password=False)
+    assert '"postgresql+psycopg://app_owner@db/app"' in usage
+    usage = usage.replace('"postgresql+psycopg://app_owner@db/app"', repr(url))
+    module = types.ModuleType("orms_doc")  # SQLAlchemy resolves annotations by module
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
+    exec(compile(models, "docs/ORMS.md (models)", "exec"), namespace)
+    try:
+        exec(compile(usage, "docs/ORMS.md (usage)", "exec"), namespace)
+    finally:
+        engine = namespace.get("engine")
+        if isinstance(engine, Engine):
+            engine.dispose()
+    assert issued(app) == 4  # bolt's DEFAULT and the three bulk numbers
+    rows = app.execute("SELECT name, driver_id FROM app.drivers").fetchall()
+    assert rows == [("Ann B.", "DRV-001AAA")]
