@@ -129,6 +129,8 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert re.search(r"^\s+SCOPE\s+KEY\s+NAME\s+CAPACITY\s+USED\s+RESERVED\s+FREE", out, re.M)
     assert re.search(r"^\s+fleet\s+NTH\s+North\s+999\s+8\s+0\s+991\s", out, re.M)
     assert re.search(r"^\s+entity\s+2\s+material\s.*never$", out, re.M)
+    # The projection of a seconds-old fleet is explained, not left to look like a bug.
+    assert "PER_DAY is measured over the few seconds these fleets and types have" in out
     assert out.rstrip().splitlines()[-2] == "Done: nothing left behind."
     assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
 

@@ -146,6 +146,10 @@ def run_demo(stream: TextIO | None = None) -> int:
             say("5. Status (idmint status): capacity and projected exhaustion")
             for line in render_status(mint.capacity_report(timedelta(days=7))):
                 say(f"  {line}")
+            # Rates over the seconds the demo has run project exhaustion within days: say so,
+            # or a new user reads "North 999, 8 used, exhausted today" as a bug.
+            say("  (PER_DAY is measured over the few seconds these fleets and types have")
+            say("  existed, so EXHAUSTED is near; over weeks of use it reflects the last 7 days)")
 
             say()
             say(f"Stopping PostgreSQL and removing {cluster.tempdir} ...")
