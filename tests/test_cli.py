@@ -204,6 +204,14 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert p.stderr.splitlines()[0].startswith("usage: idmint")
 
 
+def test_a_usage_error_found_after_parsing_shows_the_commands_usage() -> None:
+    p = run("driver-id", "ABC", "-n", "2", "--request-key", "k", rc=2)
+    assert p.stderr == (
+        "usage: idmint driver-id [-h] [-n N] [--request-key KEY] FLEET\n"
+        "idmint: error: argument --request-key: works with -n 1 only\n"
+    )
+
+
 # -- connections ------------------------------------------------------------------------------
 
 

@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     def cmd(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description or help)
+        c = sub.add_parser(name, help=help, description=description or help)
+        c.set_defaults(command_parser=c)  # a UsageError shows this command's usage line
+        return c
 
     c = cmd(
         "migrate",
@@ -1049,7 +1051,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return func(args)
         except UsageError as e:
-            parser.error(str(e))
+            command_parser: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+            command_parser.error(str(e))
         except KeyboardInterrupt:
             print("idmint: interrupted", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
