@@ -292,6 +292,8 @@ def test_app_role_cannot_roll_back(dsn: str, app_role: str) -> None:
         rollback(as_role(dsn, app_role))
     assert caught.value.sqlstate == "42501"
     assert "ownership of schema idmint" in caught.value.message
+    assert caught.value.message.startswith(f"role {app_role} cannot roll back idmint: ")
+    assert caught.value.hint and caught.value.hint.startswith("run `idmint rollback` as the owner")
     assert catalog(dsn)  # still installed
 
 

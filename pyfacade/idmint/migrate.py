@@ -44,6 +44,10 @@ _YOYO_TABLES: dict[str, tuple[str, ...]] = {
     "_yoyo_version": ("SELECT",),
 }
 
+_HOW_TO_ROLL_BACK = (
+    "run `idmint rollback` as the owner of schema idmint, "
+    "or have a DBA run `idmint sql --rollback | psql -1 -f -`"
+)
 _HOW_TO_INSTALL = (
     "run `idmint migrate` as the database owner (or a role that owns schema idmint), "
     "or have a DBA run `idmint sql | psql -1 -f -`"
@@ -267,7 +271,7 @@ def _plan(st: _State, ids: Sequence[str]) -> tuple[list[str], list[str]]:
     )
 
 
-def _require(st: _State, *, create: bool, change: bool) -> None:
+def _require(st: _State, *, create: bool, change: bool, action: str = "migrate") -> None:
     """Raise MigrationError (42501) naming every privilege the role lacks to run yoyo and
     to ``create`` schema idmint (when missing) or ``change`` it (when present). Checked
     before yoyo's lock, which a role that cannot write it would retry for minutes."""
@@ -279,9 +283,9 @@ def _require(st: _State, *, create: bool, change: bool) -> None:
             missing.insert(0, f"ownership of schema idmint (owned by {st.schema_owner})")
     if missing:
         raise MigrationError(
-            f"role {st.user} cannot migrate idmint: it lacks {'; '.join(missing)}",
+            f"role {st.user} cannot {action} idmint: it lacks {'; '.join(missing)}",
             sqlstate="42501",
-            hint=_HOW_TO_INSTALL,
+            hint=_HOW_TO_INSTALL if action == "migrate" else _HOW_TO_ROLL_BACK,
         )
 
 
@@ -394,7 +398,7 @@ def rollback_plan(dsn: str, steps: int = 1) -> tuple[list[str], DataCounts]:
     ids = migration_ids()
     with _connect(dsn) as conn:
         st = _inspect(conn, ids)
-        _require(st, create=False, change=True)
+        _require(st, create=False, change=True, action="roll back")
         targets = _rollback_targets(st, ids, steps)
         return targets, _data_counts(conn) if targets else DataCounts(0, 0, 0)
 
@@ -410,7 +414,7 @@ def rollback(dsn: str, steps: int = 1, *, allow_data_loss: bool = True) -> list[
     migrations = read_migrations(str(migrations_dir()))
     ids = [m.id for m in migrations]
     with _connect(dsn) as conn:
-        _require(_inspect(conn, ids), create=False, change=True)
+        _require(_inspect(conn, ids), create=False, change=True, action="roll back")
     backend = get_backend(yoyo_url(dsn))
     try:
         with backend.lock(timeout=LOCK_TIMEOUT_S):
