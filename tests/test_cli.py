@@ -698,6 +698,23 @@ def test_history_of_a_driver_id(dsn: str) -> None:
     refused("history", "DRV-1", dsn=dsn, sqlstate="ID003")
 
 
+def test_the_audit_trail_names_the_cli(dsn: str) -> None:
+    """The CLI connects as application_name=idmint unless the DSN or PGAPPNAME names one."""
+    code, _ = add_fleet(dsn, "Apps")
+    run("reserve", code, "--by", "a", dsn=dsn)
+    run("reserve", code, "--by", "b", dsn=f"{dsn} application_name=signup")
+    run("reserve", code, "--by", "c", dsn=dsn, env=clean_env(PGAPPNAME="batch"))
+    events = [
+        json.loads(run("history", f"DRV-00{n}{code}", "--json", dsn=dsn).stdout)[0]
+        for n in (1, 2, 3)
+    ]
+    assert [(e["reserved_by"], e["application_name"]) for e in events] == [
+        ("a", "idmint"),
+        ("b", "signup"),
+        ("c", "batch"),
+    ]
+
+
 def test_history_of_an_entity_number(dsn: str) -> None:
     user = psycopg.conninfo.conninfo_to_dict(dsn)["user"]
     [number] = lines(run("numbers", "order", "1", dsn=dsn))

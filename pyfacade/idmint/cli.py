@@ -481,7 +481,21 @@ def explicit_dsn(dsn: str) -> str:
 def _client(dsn: str) -> IdMint:
     from .client import IdMint
 
-    return IdMint(dsn)
+    return IdMint(_named(dsn))
+
+
+def _named(dsn: str) -> str:
+    """The DSN with application_name=idmint unless it or $PGAPPNAME names one, so that the
+    audit trail (`idmint history`, APPLICATION) shows what the CLI did. A malformed DSN is
+    left as it is: connecting reports it."""
+    if os.environ.get("PGAPPNAME"):
+        return dsn
+    try:
+        if "application_name" in psycopg.conninfo.conninfo_to_dict(dsn):
+            return dsn
+        return psycopg.conninfo.make_conninfo(dsn, application_name="idmint")
+    except psycopg.ProgrammingError:
+        return dsn
 
 
 @contextmanager
