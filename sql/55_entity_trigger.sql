@@ -18,6 +18,7 @@ DECLARE
     bound integer[];
     bad text;
     i integer;
+    new_count integer;
     result text[] := numbers;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
@@ -30,8 +31,12 @@ BEGIN
 
     -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
     IF array_position(numbers, NULL) IS NOT NULL THEN
-        fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, cardinality(numbers) - cardinality(array_remove(numbers, NULL)),
-                                                                 how, true) AS x);
+        new_count := cardinality(numbers) - cardinality(array_remove(numbers, NULL));
+        IF new_count = 1 THEN
+            fresh := ARRAY[idmint._issue_entity_number(p::text, how, true)];  -- a row trigger's case
+        ELSE
+            fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, new_count, how, true) AS x);
+        END IF;
         i := 0;
         FOR k IN 1 .. cardinality(numbers) LOOP
             IF numbers[k] IS NULL THEN
