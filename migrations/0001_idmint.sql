@@ -1399,9 +1399,55 @@ $$;
 COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer, integer[]) IS
     'Build the deck of a shard (its free numbers at secret random positions); ID005 if the count disagrees';
 
+-- Take one shard of a type with sparse room (at least 1 250 free, no deck, not in
+-- `held`), picked with probability proportional to its free numbers: 24 random
+-- (shard, u) pairs from the strong source, the first shard with u * 5 000 < free that
+-- nobody holds (FOR UPDATE SKIP LOCKED: never waits) -- 24 index probes instead of
+-- reading, weighting and sorting all 200 shard rows. This transaction becomes its holder
+-- in the same statement (which queues its commit-time count; the caller has said SET
+-- CONSTRAINTS ... DEFERRED). Returns its hint row {{shard, issued, 0, 0}}, or NULL when
+-- no draw qualified (past about 70 % fill): then the caller's full weighted pick.
+CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[]) RETURNS integer[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    taken integer[];
+BEGIN
+    WITH c AS MATERIALIZED (
+        SELECT (v % 200)::smallint AS shard, w, i
+        FROM (SELECT (get_byte(u.b, o) << 8 | get_byte(u.b, o + 1)) AS v,
+                     (get_byte(u.b, o + 9) << 8 | get_byte(u.b, o + 10)) AS w,
+                     row_number() OVER () AS i
+              FROM (SELECT uuid_send(gen_random_uuid()) AS b FROM generate_series(1, 8) OFFSET 0) u,
+                    unnest('{0,2,4}'::integer[]) AS o) d
+        WHERE v < 65400
+    ), z AS (
+        -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
+        SELECT x.prefix, x.shard FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
+        WHERE x.prefix = _entity_take_sparse.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
+          AND x.issued < 5000 - 1250 AND NOT x.deck AND x.shard <> ALL (held)
+          AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
+        ORDER BY c.i
+        LIMIT 1
+        FOR UPDATE OF x SKIP LOCKED
+    ), a AS (
+        UPDATE idmint.entity_shards x SET holder = pg_current_xact_id() FROM z
+        WHERE x.prefix = z.prefix AND x.shard = z.shard
+        RETURNING x.shard, x.issued
+    )
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, 0]) INTO taken FROM a;
+    RETURN taken;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[]) IS
+    'Take (hold) one unheld shard with sparse room, weighted by free numbers, without waiting; its hint row, or NULL';
+
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
 -- a one-digit prefix or a type name. Fast path while the shard this transaction took last
--- keeps sparse room (by the hint): a random member of the shard is inserted by a single
+-- keeps sparse room (by the hint; a transaction's first number of the type takes such a
+-- shard first, with _entity_take_sparse): a random member of the shard is inserted by a single
 -- INSERT ... SELECT that also checks, in the table, that this transaction holds the shard,
 -- that it has no deck and (for a name) that the type has this name. So whatever an app
 -- sets the hint or the name cache to, the fast path never inserts where it must not; a
@@ -1427,9 +1473,16 @@ DECLARE
     v integer;
     got integer;
 BEGIN
-    IF setting <> '' THEN
+    IF setting IS NULL OR setting = '' THEN
+        -- This transaction's first number of the type: take a shard with sparse room here
+        -- (the general path would cost a dozen statements more).
+        SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+        st := idmint._entity_take_sparse(p, '{}');
+    ELSE
         st := setting::integer[];
-        j := array_length(st, 1);
+    END IF;
+    j := array_length(st, 1);
+    IF j > 0 THEN
         IF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 THEN  -- sizes as in _issue_entity_numbers
             <<draw>>
             FOR attempt IN 1 .. 2 LOOP
@@ -1580,29 +1633,7 @@ BEGIN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
             lim := CASE WHEN phase = 2 THEN sparse_min ELSE 0 END;
             IF phase = 2 AND want <= 1000 THEN
-                -- A small call needs one shard: draw shards uniformly and accept each with
-                -- probability free / 5 000 (so picks are weighted by free numbers, as
-                -- below) from 24 draws; 24 index probes instead of reading all 200 rows.
-                WITH c AS MATERIALIZED (
-                    SELECT (get_byte(u.b, o) << 8 | get_byte(u.b, o + 1)) AS v,
-                           (get_byte(u.b, o + 9) << 8 | get_byte(u.b, o + 10)) AS w,
-                           row_number() OVER () AS i
-                    FROM (SELECT uuid_send(gen_random_uuid()) AS b FROM generate_series(1, 8) OFFSET 0) u,
-                         unnest('{0,2,4}'::integer[]) AS o
-                ), z AS (
-                    SELECT x.prefix, x.shard FROM c
-                    JOIN idmint.entity_shards x ON x.prefix = p AND x.shard = c.v % 200
-                    WHERE c.v < 65400 AND x.issued < size - lim AND x.shard <> ALL (held)
-                      AND c.w::bigint * size < 65536 * (size - x.issued)
-                    ORDER BY c.i
-                    LIMIT 1
-                    FOR UPDATE OF x SKIP LOCKED
-                ), a AS (
-                    UPDATE idmint.entity_shards x SET holder = me FROM z
-                    WHERE x.prefix = z.prefix AND x.shard = z.shard
-                    RETURNING x.shard, x.issued, x.deck
-                )
-                SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer]) INTO fresh FROM a;
+                fresh := idmint._entity_take_sparse(p, held);  -- a small call needs one shard
             END IF;
             IF fresh IS NULL THEN
                 -- About how many shards cover `want` (in phase 4 a quarter more for small
@@ -2239,6 +2270,14 @@ BEGIN
         PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must not be NULL');
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
+    END IF;
+    IF numbers = ARRAY[NULL::text] THEN
+        -- A row trigger's usual case: one new number; _issue_entity_number resolves the
+        -- type itself (ID003 / ID008 as below), one nested call fewer per row.
+        result[1] := idmint._issue_entity_number(entity, how, true);
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
+        VALUES ('entity', result[1]::integer, tbl, col, result[1], 'new', false, how = 'backfill');
+        RETURN result;
     END IF;
     p := idmint._entity_prefix(entity);
 

@@ -27,6 +27,14 @@ BEGIN
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
     END IF;
+    IF numbers = ARRAY[NULL::text] THEN
+        -- A row trigger's usual case: one new number; _issue_entity_number resolves the
+        -- type itself (ID003 / ID008 as below), one nested call fewer per row.
+        result[1] := idmint._issue_entity_number(entity, how, true);
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
+        VALUES ('entity', result[1]::integer, tbl, col, result[1], 'new', false, how = 'backfill');
+        RETURN result;
+    END IF;
     p := idmint._entity_prefix(entity);
 
     -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
