@@ -53,10 +53,6 @@ CREATE TABLE idmint.entity_shards (
     -- The transaction that took the shard (with its row lock) and whose commit-time count
     -- is queued; NULL once counted. Generators insert only into shards they are holder of.
     holder  xid8,
-    -- What the last commit-time count of transaction counted_xid added (a transaction that
-    -- issues again after its count, from another commit-time trigger, adds the difference).
-    counted_xid xid8,
-    counted integer  NOT NULL DEFAULT 0,
     PRIMARY KEY (prefix, shard)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE idmint.entity_shards IS

@@ -179,6 +179,26 @@ $$;
 COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer, integer[]) IS
     'Build the deck of a shard (its free numbers at secret random positions); ID005 if the count disagrees';
 
+-- How many numbers this transaction holds in a shard (its rows; few for a fresh one).
+-- Taking a shard whose commit-time count already ran in this transaction (after SET
+-- CONSTRAINTS ALL IMMEDIATE, or when issuing from a commit-time trigger) takes those
+-- rows back out of `issued`, so that the next count can add all of them again: a
+-- transaction's count needs no memory of an earlier one. The callers only ask when the
+-- transaction has issued something and is not the shard's holder.
+CREATE FUNCTION idmint._entity_mine(prefix integer, shard integer) RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT count(*)::integer
+    FROM idmint.entity_numbers e JOIN idmint.entity_ranges r ON r.prefix = _entity_mine.prefix
+    WHERE e.issued_xid = pg_current_xact_id()
+      AND e.number BETWEEN _entity_mine.prefix * 1000000 AND _entity_mine.prefix * 1000000 + 999999
+      AND (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
+           + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200 = _entity_mine.shard
+$$;
+COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
+    'The numbers this transaction issued in a shard (its rows)';
+
 -- Take one shard of a type with sparse room (at least 1 250 free, no deck, not in
 -- `held`), picked with probability proportional to its free numbers: 24 random
 -- (shard, u) pairs from the strong source, the first shard with u * 5 000 < free that
@@ -205,7 +225,7 @@ BEGIN
         WHERE v < 65400
     ), z AS (
         -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
-        SELECT x.prefix, x.shard FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
+        SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
         WHERE x.prefix = _entity_take_sparse.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
           AND x.issued < 5000 - 1250 AND NOT x.deck AND x.shard <> ALL (held)
           AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
@@ -213,9 +233,13 @@ BEGIN
         LIMIT 1
         FOR UPDATE OF x SKIP LOCKED
     ), a AS (
-        UPDATE idmint.entity_shards x SET holder = pg_current_xact_id() FROM z
+        UPDATE idmint.entity_shards x
+        SET holder = pg_current_xact_id(),
+            issued = x.issued - CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL AND x.holder IS DISTINCT FROM pg_current_xact_id()
+                                     THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
+        FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued
+        RETURNING x.shard, z.issued  -- as committed (with this transaction's counted rows)
     )
     SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, 0]) INTO taken FROM a;
     RETURN taken;
@@ -387,8 +411,7 @@ BEGIN
                            coalesce(h.mine, (SELECT count(*)::integer FROM idmint.entity_numbers e
                                              WHERE e.issued_xid = me AND e.number / 1000000 = p
                                                AND (get_byte(key, e.number % 200) + get_byte(key, 400 + (e.number % 1000000 / 200) % 100)
-                                                    + get_byte(key, 500 + e.number % 1000000 / 20000)) % 200 = x.shard)
-                                        - CASE WHEN x.counted_xid = me THEN x.counted ELSE 0 END),
+                                                    + get_byte(key, 500 + e.number % 1000000 / 20000)) % 200 = x.shard)),
                            x.deck::integer] ORDER BY h.i NULLS FIRST)
     INTO st
     FROM idmint.entity_shards x
@@ -429,7 +452,7 @@ BEGIN
                     -- call could lock (SKIP LOCKED passes over those others hold).
                     -- (One 20-bit draw per shard, matched by shard number: 34 uuids, not 200.)
                     WITH z AS (
-                        SELECT x.prefix, x.shard, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
+                        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
                         FROM idmint.entity_shards x
                         JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
                         WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
@@ -437,9 +460,11 @@ BEGIN
                         LIMIT kk
                         FOR UPDATE OF x SKIP LOCKED
                     ), a AS (
-                        UPDATE idmint.entity_shards x SET holder = me FROM z
+                        UPDATE idmint.entity_shards x
+                        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        FROM z
                         WHERE x.prefix = z.prefix AND x.shard = z.shard
-                        RETURNING x.shard, x.issued, x.deck, z.w
+                        RETURNING x.shard, z.issued, x.deck, z.w
                     )
                     SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.w DESC)
                     INTO fresh FROM a;
@@ -448,13 +473,15 @@ BEGIN
         ELSIF phase = 5 THEN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
             WITH z AS (
-                SELECT x.prefix, x.shard FROM idmint.entity_shards x
+                SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
                 WHERE x.prefix = p AND x.shard <> ALL (held)
                 ORDER BY x.shard FOR UPDATE
             ), a AS (
-                UPDATE idmint.entity_shards x SET holder = me FROM z
+                UPDATE idmint.entity_shards x
+                        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        FROM z
                 WHERE x.prefix = z.prefix AND x.shard = z.shard
-                RETURNING x.shard, x.issued, x.deck
+                RETURNING x.shard, z.issued, x.deck
             )
             SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.shard)
             INTO fresh FROM a;
@@ -642,7 +669,7 @@ COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean
 -- inserted (entity_numbers.issued_xid), never from a setting an app could change. The
 -- first firing counts every held shard of every type; later firings find none held.
 -- Issuing again after a count (e.g. from another commit-time trigger) takes the shard
--- again, and that queues another firing, which adds the difference (counted).
+-- again (taking its counted rows back out, see _entity_mine), which queues another firing.
 CREATE FUNCTION idmint._entity_flush() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -666,10 +693,7 @@ BEGIN
         GROUP BY 1, 2
     ), counted AS (
         UPDATE idmint.entity_shards x
-        SET issued = x.issued - CASE WHEN x.counted_xid = me THEN x.counted ELSE 0 END
-                     + coalesce((SELECT m.n FROM mine m WHERE m.prefix = x.prefix AND m.shard = x.shard), 0),
-            counted = coalesce((SELECT m.n FROM mine m WHERE m.prefix = x.prefix AND m.shard = x.shard), 0),
-            counted_xid = me,
+        SET issued = x.issued + coalesce((SELECT m.n FROM mine m WHERE m.prefix = x.prefix AND m.shard = x.shard), 0),
             holder = NULL
         WHERE x.holder = me
         RETURNING x.prefix
@@ -829,9 +853,14 @@ BEGIN
         s := (get_byte(key, v % 200) + get_byte(key, 400 + (v % 1000000 / 200) % 100)
               + get_byte(key, 500 + v % 1000000 / 20000)) % 200;
         SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
-        UPDATE idmint.entity_shards x SET holder = me
-        WHERE x.prefix = p AND x.shard = s
-        RETURNING x.issued, x.deck INTO now_issued, now_deck;
+        WITH z AS (
+            SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
+            WHERE x.prefix = p AND x.shard = s FOR UPDATE
+        )
+        UPDATE idmint.entity_shards x
+        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, s) ELSE 0 END
+        FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
+        RETURNING z.issued, x.deck INTO now_issued, now_deck;
     END LOOP;
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
     VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
@@ -892,7 +921,14 @@ BEGIN
             FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
             GROUP BY 1, 2
         )
-        UPDATE idmint.entity_shards y SET holder = me FROM u
+        -- (Counted already if this transaction is no longer the holder: then the deleted
+        -- rows and the remaining ones come out of `issued`, and the next count adds the
+        -- remaining ones again.)
+        UPDATE idmint.entity_shards y
+        SET holder = me,
+            issued = y.issued - CASE WHEN y.holder IS DISTINCT FROM me
+                                     THEN idmint._entity_mine(u.p, u.s) + cardinality(u.xs) ELSE 0 END
+        FROM u
         WHERE y.prefix = u.p AND y.shard = u.s
         RETURNING u.p, u.s, u.xs, y.deck
     LOOP
@@ -969,7 +1005,8 @@ SELECT r.prefix, r.name FROM idmint.entity_ranges r;
 COMMENT ON VIEW idmint.entity_types IS 'Registered entity types: prefix 1..9 (first digit of their numbers) and name';
 
 -- Committed counts are the sum of the type's 200 shard counts; a transaction also sees
--- the numbers it issued itself (as it sees its own rows), counted from its rows.
+-- the numbers it issued itself and that are not counted yet (as it sees its own rows),
+-- counted from its rows.
 CREATE VIEW idmint.entity_capacity AS
 SELECT r.prefix,
        r.name,
@@ -980,7 +1017,12 @@ SELECT r.prefix,
 FROM idmint.entity_ranges r
 CROSS JOIN LATERAL (
     SELECT (coalesce(sum(x.issued), 0)
+            -- (not yet counted: in shards it still holds)
             + (SELECT count(*) FROM idmint.entity_numbers e
+               JOIN idmint.entity_shards h
+                 ON h.prefix = r.prefix AND h.holder = e.issued_xid
+                AND h.shard = (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
+                               + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200
                WHERE e.issued_xid = pg_current_xact_id_if_assigned()
                  AND e.number BETWEEN r.prefix * 1000000 AND r.prefix * 1000000 + 999999))::integer AS issued
     FROM idmint.entity_shards x WHERE x.prefix = r.prefix

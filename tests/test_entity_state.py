@@ -17,8 +17,8 @@ import pytest
 from tests.util import Connect, raises_sqlstate, scalar, wait_until_blocked
 
 SHARD_OF = """
-    SELECT (get_byte(r.shard_key, %(n)s % 200) + get_byte(r.shard_key, 400 + (%(n)s % 1000000 / 200) % 100)
-            + get_byte(r.shard_key, 500 + %(n)s % 1000000 / 20000)) % 200
+    SELECT (get_byte(r.shard_key, %(n)s %% 200) + get_byte(r.shard_key, 400 + (%(n)s %% 1000000 / 200) %% 100)
+            + get_byte(r.shard_key, 500 + %(n)s %% 1000000 / 20000)) %% 200
     FROM idmint.entity_ranges r WHERE r.prefix = %(n)s / 1000000
 """
 
