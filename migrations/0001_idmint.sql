@@ -1451,7 +1451,8 @@ BEGIN
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = pg_current_xact_id(),
-            issued = x.issued - CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL AND x.holder IS DISTINCT FROM pg_current_xact_id()
+            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM pg_current_xact_id()
+                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = pg_current_xact_id())
                                      THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
@@ -1677,7 +1678,10 @@ BEGIN
                         FOR UPDATE OF x SKIP LOCKED
                     ), a AS (
                         UPDATE idmint.entity_shards x
-                        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        SET holder = me,
+                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                         FROM z
                         WHERE x.prefix = z.prefix AND x.shard = z.shard
                         RETURNING x.shard, z.issued, x.deck, z.w
@@ -1694,7 +1698,10 @@ BEGIN
                 ORDER BY x.shard FOR UPDATE
             ), a AS (
                 UPDATE idmint.entity_shards x
-                        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        SET holder = me,
+                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                         FROM z
                 WHERE x.prefix = z.prefix AND x.shard = z.shard
                 RETURNING x.shard, z.issued, x.deck
@@ -2074,7 +2081,10 @@ BEGIN
             WHERE x.prefix = p AND x.shard = s FOR UPDATE
         )
         UPDATE idmint.entity_shards x
-        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, s) ELSE 0 END
+        SET holder = me,
+            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                     THEN idmint._entity_mine(p, s) ELSE 0 END
         FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
         RETURNING z.issued, x.deck INTO now_issued, now_deck;
     END LOOP;

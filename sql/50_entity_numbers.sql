@@ -235,7 +235,8 @@ BEGIN
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = pg_current_xact_id(),
-            issued = x.issued - CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL AND x.holder IS DISTINCT FROM pg_current_xact_id()
+            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM pg_current_xact_id()
+                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = pg_current_xact_id())
                                      THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
@@ -461,7 +462,10 @@ BEGIN
                         FOR UPDATE OF x SKIP LOCKED
                     ), a AS (
                         UPDATE idmint.entity_shards x
-                        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        SET holder = me,
+                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                         FROM z
                         WHERE x.prefix = z.prefix AND x.shard = z.shard
                         RETURNING x.shard, z.issued, x.deck, z.w
@@ -478,7 +482,10 @@ BEGIN
                 ORDER BY x.shard FOR UPDATE
             ), a AS (
                 UPDATE idmint.entity_shards x
-                        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        SET holder = me,
+                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                         FROM z
                 WHERE x.prefix = z.prefix AND x.shard = z.shard
                 RETURNING x.shard, z.issued, x.deck
@@ -858,7 +865,10 @@ BEGIN
             WHERE x.prefix = p AND x.shard = s FOR UPDATE
         )
         UPDATE idmint.entity_shards x
-        SET holder = me, issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me THEN idmint._entity_mine(p, s) ELSE 0 END
+        SET holder = me,
+            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                     THEN idmint._entity_mine(p, s) ELSE 0 END
         FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
         RETURNING z.issued, x.deck INTO now_issued, now_deck;
     END LOOP;
