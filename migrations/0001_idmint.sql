@@ -1382,9 +1382,9 @@ BEGIN
           FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
                            - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
                 FROM generate_series(0, 4999) AS q) m
-          LEFT JOIN unnest(taken) AS t(number) ON t.number = m.number
-          WHERE t.number IS NULL
-            AND (taken IS NOT NULL OR (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL)) x;
+          -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
+          WHERE CASE WHEN taken IS NULL THEN (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL
+                     ELSE m.number NOT IN (SELECT unnest(taken)) END) x;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF got <> expected THEN
         PERFORM idmint._error('entity_range_exhausted',
