@@ -1421,12 +1421,13 @@ COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
 -- nobody holds (FOR UPDATE SKIP LOCKED: never waits) -- 24 index probes instead of
 -- reading, weighting and sorting all 200 shard rows. This transaction becomes its holder
 -- in the same statement (which queues its commit-time count; the caller has said SET
--- CONSTRAINTS ... DEFERRED). Returns its hint row {{shard, issued, 0, 0}}, or NULL when
+-- CONSTRAINTS ... DEFERRED). `maybe_mine`: the transaction may have issued numbers
+-- already (then those of a shard it counted already come back out of issued, see
+-- _entity_mine). Returns its hint row {{shard, issued, 0, 0}}, or NULL when
 -- no draw qualified (past about 70 % fill): then the caller's full weighted pick.
-CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[]) RETURNS integer[]
+CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[], maybe_mine boolean) RETURNS integer[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     taken integer[];
@@ -1451,8 +1452,7 @@ BEGIN
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = pg_current_xact_id(),
-            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM pg_current_xact_id()
-                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = pg_current_xact_id())
+            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM pg_current_xact_id()
                                      THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
@@ -1462,7 +1462,7 @@ BEGIN
     RETURN taken;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[]) IS
+COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean) IS
     'Take (hold) one unheld shard with sparse room, weighted by free numbers, without waiting; its hint row, or NULL';
 
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
@@ -1498,7 +1498,8 @@ BEGIN
         -- This transaction's first number of the type: take a shard with sparse room here
         -- (the general path would cost a dozen statements more).
         SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
-        st := idmint._entity_take_sparse(p, '{}');
+        -- (No xid before this call: no numbers of this transaction anywhere.)
+        st := idmint._entity_take_sparse(p, '{}', pg_current_xact_id_if_assigned() IS NOT NULL);
     ELSE
         st := setting::integer[];
     END IF;
@@ -1598,6 +1599,7 @@ DECLARE
     newdeck integer[] := '{}';
     late integer[] := '{}';
     taken_now integer[] := '{}';  -- shards this call took (their state is known exactly)
+    has_rows boolean;
     free_left bigint;
     type_name text;
     ts constant timestamptz := statement_timestamp();
@@ -1619,16 +1621,16 @@ BEGIN
     -- The shards taken below queue their commit-time count; it must run at commit (an app
     -- may have said SET CONSTRAINTS ALL IMMEDIATE), when this call's rows exist.
     SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+    -- Whether this transaction issued anything yet (planned with the value: a generic plan
+    -- estimates a transaction's rows from the few huge ones and reads the whole table).
+    EXECUTE 'SELECT EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = $1)' INTO has_rows USING me;
     -- The shards this transaction holds, from the table; the hint adds how many numbers it
     -- issued from each and their order. A held shard the hint does not know (an app
     -- overwrote it) has its numbers counted from the rows.
     setting := current_setting('idmint.entity_' || p, true);
     hint := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
     SELECT array_agg(ARRAY[x.shard::integer, x.issued,
-                           coalesce(h.mine, (SELECT count(*)::integer FROM idmint.entity_numbers e
-                                             WHERE e.issued_xid = me AND e.number / 1000000 = p
-                                               AND (get_byte(key, e.number % 200) + get_byte(key, 400 + (e.number % 1000000 / 200) % 100)
-                                                    + get_byte(key, 500 + e.number % 1000000 / 20000)) % 200 = x.shard)),
+                           coalesce(h.mine, idmint._entity_mine(p, x.shard)),
                            x.deck::integer] ORDER BY h.i NULLS FIRST)
     INTO st
     FROM idmint.entity_shards x
@@ -1653,7 +1655,7 @@ BEGIN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
             lim := CASE WHEN phase = 2 THEN sparse_min ELSE 0 END;
             IF phase = 2 AND want <= 1000 THEN
-                fresh := idmint._entity_take_sparse(p, held);  -- a small call needs one shard
+                fresh := idmint._entity_take_sparse(p, held, has_rows);  -- a small call needs one shard
             END IF;
             IF fresh IS NULL THEN
                 -- About how many shards cover `want` (in phase 4 a quarter more for small
@@ -1680,7 +1682,7 @@ BEGIN
                         UPDATE idmint.entity_shards x
                         SET holder = me,
                             issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
-                                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                                          AND has_rows
                                                      THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                         FROM z
                         WHERE x.prefix = z.prefix AND x.shard = z.shard
@@ -1700,7 +1702,7 @@ BEGIN
                 UPDATE idmint.entity_shards x
                         SET holder = me,
                             issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
-                                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+                                                          AND has_rows
                                                      THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                         FROM z
                 WHERE x.prefix = z.prefix AND x.shard = z.shard
@@ -2249,7 +2251,8 @@ CROSS JOIN LATERAL (
                  ON h.prefix = r.prefix AND h.holder = e.issued_xid
                 AND h.shard = (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
                                + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200
-               WHERE e.issued_xid = pg_current_xact_id_if_assigned()
+               WHERE pg_current_xact_id_if_assigned() IS NOT NULL  -- (most readers: not even planned)
+                 AND e.issued_xid = pg_current_xact_id_if_assigned()
                  AND e.number BETWEEN r.prefix * 1000000 AND r.prefix * 1000000 + 999999))::integer AS issued
     FROM idmint.entity_shards x WHERE x.prefix = r.prefix
 ) c;
