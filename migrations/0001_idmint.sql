@@ -2040,6 +2040,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    -- No xid before this call: no numbers of this transaction anywhere (see _entity_mine).
+    maybe_mine constant boolean := pg_current_xact_id_if_assigned() IS NOT NULL;
     me constant xid8 := pg_current_xact_id();
     p integer;
     v integer;
@@ -2084,8 +2086,7 @@ BEGIN
         )
         UPDATE idmint.entity_shards x
         SET holder = me,
-            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
-                                          AND EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = me)
+            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM me
                                      THEN idmint._entity_mine(p, s) ELSE 0 END
         FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
         RETURNING z.issued, x.deck INTO now_issued, now_deck;
