@@ -52,7 +52,6 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 DECLARE
-    days float8;
     since timestamptz;
     horizon constant float8 := extract(epoch FROM timestamptz '9999-12-31 00:00:00+00' - now()) / 86400;
 BEGIN
@@ -61,29 +60,40 @@ BEGIN
             format('window %s is out of range', coalesce("window"::text, 'NULL')),
             'the window must be a positive interval of at most 1000 years, such as ''7 days''');
     END IF;
-    days := extract(epoch FROM "window") / 86400;
     since := now() - "window";
 
     RETURN QUERY
     WITH usage AS (
-        -- Fleets: ids assigned within the window (BRIN index on assigned_at).
+        -- Fleets: ids assigned within the window (BRIN index on assigned_at), and since when
+        -- the fleet exists (the earlier of its creation and its first id in the window).
         SELECT 'fleet'::text AS scope, c.code AS key, c.name, c.max_drivers::bigint AS capacity,
                c.assigned::bigint AS used, c.reserved::bigint AS reserved, c.free::bigint AS free,
-               c.utilization, coalesce(a.allocated, 0) / days AS per_day
+               c.utilization, coalesce(a.allocated, 0) AS allocated, least(f.created_at, a.first) AS born
         FROM idmint.fleet_capacity c
-        LEFT JOIN (SELECT d.fleet_id, count(*) AS allocated
+        JOIN idmint.fleets f ON f.fleet_id = c.fleet_id
+        LEFT JOIN (SELECT d.fleet_id, count(*) AS allocated, min(d.assigned_at) AS first
                    FROM idmint.driver_numbers d
                    WHERE d.assigned_at > since AND d.state = 'assigned'
                    GROUP BY d.fleet_id) a ON a.fleet_id = c.fleet_id
         UNION ALL
         -- Entity types: numbers issued within the window (BRIN index on issued_at).
         SELECT 'entity', e.prefix::text, e.name, e.capacity::bigint, e.issued::bigint, 0,
-               e.free::bigint, e.utilization::float8, coalesce(a.allocated, 0) / days
+               e.free::bigint, e.utilization::float8, coalesce(a.allocated, 0),
+               least(r.created_at, a.first)
         FROM idmint.entity_capacity e
-        LEFT JOIN (SELECT v.number / 1000000 AS prefix, count(*) AS allocated
+        JOIN idmint.entity_ranges r ON r.prefix = e.prefix
+        LEFT JOIN (SELECT v.number / 1000000 AS prefix, count(*) AS allocated, min(v.issued_at) AS first
                    FROM idmint.entity_numbers v
                    WHERE v.issued_at > since
                    GROUP BY 1) a ON a.prefix = e.prefix
+    ), rated AS (
+        -- The rate over the part of the window the scope has existed (contract §5): 7 ids
+        -- minted by a fleet created a minute ago are 7 a minute, not 1 a day over 7 days.
+        -- At least one second, so that a scope created in this very transaction has a rate.
+        SELECT u.*,
+               u.allocated::float8
+               / (greatest(extract(epoch FROM now() - greatest(since, u.born)), 1)::float8 / 86400) AS per_day
+        FROM usage u
     )
     SELECT u.scope, u.key, u.name, u.capacity, u.used, u.reserved, u.free, u.utilization, u.per_day,
            -- Runs out at the current rate: now() + free / per_day days. Already full: now().
@@ -91,12 +101,12 @@ BEGIN
            CASE WHEN u.free <= 0 THEN now()
                 WHEN u.per_day <= 0 OR u.free / u.per_day >= horizon THEN NULL
                 ELSE now() + make_interval(secs => u.free / u.per_day * 86400) END
-    FROM usage u
+    FROM rated u
     ORDER BY u.scope = 'entity', u.key COLLATE "C";
 END
 $$;
 COMMENT ON FUNCTION idmint.capacity_report(interval) IS
-    'Every fleet (scope fleet, key = code) and entity type (scope entity, key = prefix): capacity, used, active reservations, free, utilization, allocations per day over the window and the projected exhaustion (NULL: never; now() when full). ID003 bad window';
+    'Every fleet (scope fleet, key = code) and entity type (scope entity, key = prefix): capacity, used, active reservations, free, utilization, allocations per day over the part of the window the scope has existed, and the projected exhaustion (NULL: never; now() when full). ID003 bad window';
 
 -- Audit: who did what to which driver number, and when. Direct assignments (next_driver_id,
 -- next_driver_ids) are recorded in driver_numbers itself; the reservation life cycle
@@ -152,3 +162,35 @@ END
 $$;
 COMMENT ON FUNCTION idmint.driver_id_history(text) IS
     'The audit trail of one driver id (any case), oldest first: rows of idmint.driver_id_audit. ID003 if malformed';
+
+-- The same for one entity number, from its row in entity_numbers (when, how and by whom it
+-- was issued; when an app row took it). There is no public view over every issued number:
+-- a role that could list them could enumerate a type's numbers (contract §4).
+CREATE FUNCTION idmint.entity_number_history(number text)
+-- (The output column is entity_number: an OUT column cannot share the parameter's name.)
+RETURNS TABLE (at timestamptz, entity_number text, prefix integer, entity text, event text, how text,
+               actor text, issued_xid bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF entity_number_history.number IS NULL OR entity_number_history.number !~ '^[1-9][0-9]{6}$' THEN
+        PERFORM idmint._error('invalid_argument',
+            format('malformed entity number %s',
+                   coalesce(quote_literal(left(entity_number_history.number, 100)), 'NULL')),
+            'an entity number is 7 digits, the first being its type prefix 1..9');
+    END IF;
+    RETURN QUERY
+    SELECT h.at, e.number::text, e.number / 1000000, r.name, h.event, h.how, h.actor, h.xid
+    FROM idmint.entity_numbers e
+    LEFT JOIN idmint.entity_ranges r ON r.prefix = e.number / 1000000
+    CROSS JOIN LATERAL (VALUES
+        (e.issued_at, 'issued'::text, e.how, e.issued_by, e.issued_xid::text::bigint),
+        (e.bound_at, 'bound', NULL, NULL, NULL)) AS h(at, event, how, actor, xid)
+    WHERE e.number = entity_number_history.number::integer AND h.at IS NOT NULL
+    -- Issued comes first even when a trigger stamped the binding with the transaction's start.
+    ORDER BY h.event = 'bound';
+END
+$$;
+COMMENT ON FUNCTION idmint.entity_number_history(text) IS
+    'The audit trail of one entity number, oldest first: issued (how: gen, claim, bind, backfill; actor = session user; issued_xid = the issuing transaction) and bound (when an app row took it); none if never issued. ID003 if not 7 digits';

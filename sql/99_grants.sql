@@ -32,6 +32,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON idmint.driver_id_ledger TO idmint_user;
 -- Capacity and audit views (sql/60).
 GRANT SELECT ON idmint.fleet_capacity, idmint.driver_id_audit TO idmint_user;
+-- Covered by the loop above; named because the audit of entity numbers is readable on purpose.
+GRANT EXECUTE ON FUNCTION idmint.driver_id_history(text), idmint.entity_number_history(text) TO idmint_user;
 GRANT SELECT ON idmint.entity_types, idmint.entity_capacity TO idmint_user;
 
 -- Read-only internal helpers that code running with the caller's rights needs: the

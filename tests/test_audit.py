@@ -128,11 +128,58 @@ def test_driver_id_history_is_the_trail_of_one_id(db: psycopg.Connection) -> Non
             db.execute("SELECT * FROM idmint.driver_id_history(%s)", [bad])
 
 
+def entity_history(db: psycopg.Connection, number: object) -> list[tuple[object, ...]]:
+    return db.execute(
+        "SELECT entity_number, prefix, entity, event, how, actor, issued_xid IS NOT NULL"
+        " FROM idmint.entity_number_history(%s)",
+        [number],
+    ).fetchall()
+
+
+def test_entity_number_history_is_the_trail_of_one_number(db: psycopg.Connection) -> None:
+    me = scalar(db, "SELECT session_user")
+    db.execute(
+        "CREATE TABLE parts (id int PRIMARY KEY, pn text);"
+        " CREATE TRIGGER parts_pn BEFORE INSERT OR UPDATE OR DELETE ON parts FOR EACH ROW"
+        " EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part')"
+    )
+    with db.transaction():
+        xid = scalar(db, "SELECT pg_current_xact_id()::text::bigint")
+        gen = str(scalar(db, "SELECT idmint.gen_entity_number('part')"))
+    assert entity_history(db, gen) == [(gen, 1, "part", "issued", "gen", me, True)]
+    [(issued_xid, at)] = db.execute(
+        "SELECT issued_xid, at FROM idmint.entity_number_history(%s)", [gen]
+    ).fetchall()
+    assert issued_xid == xid and isinstance(at, datetime)
+
+    # Inserted later into a row of a triggered table: issued, then bound.
+    db.execute("INSERT INTO parts VALUES (1, %s)", [gen])
+    assert [r[3:5] for r in entity_history(db, gen)] == [("issued", "gen"), ("bound", None)]
+    times = [r[0] for r in db.execute("SELECT at FROM idmint.entity_number_history(%s)", [gen])]
+    assert times == sorted(times)
+    # Issued by the trigger itself, and claimed by hand.
+    db.execute("INSERT INTO parts VALUES (2, NULL)")
+    bound = str(scalar(db, "SELECT pn FROM parts WHERE id = 2"))
+    assert [r[3:5] for r in entity_history(db, bound)] == [("issued", "bind"), ("bound", None)]
+    assert entity_history(db, "3000001") == []  # never issued
+    db.execute("SELECT idmint.claim_entity_number('3000001')")
+    assert entity_history(db, "3000001") == [("3000001", 3, "batch", "issued", "claim", me, True)]
+    # A deleted row unbinds; the number stays issued.
+    db.execute("DELETE FROM parts WHERE id = 1")
+    assert [r[3] for r in entity_history(db, gen)] == ["issued"]
+    assert entity_history(db, "9000001") == []  # prefix 9 is not a type: never issued
+
+    for bad in ["123456", "12345678", "0123456", "1234567 ", "abcdefg", "", None]:
+        with raises_sqlstate("ID003"):
+            db.execute("SELECT * FROM idmint.entity_number_history(%s)", [bad])
+
+
 def test_an_app_role_may_read_the_audit_and_capacity_views(
     db: psycopg.Connection, connect: Connect
 ) -> None:
     db.execute("SELECT idmint.add_fleet('Readable', 'RDB', 10)")
     db.execute("SELECT idmint.next_driver_id('RDB')")
+    number = scalar(db, "SELECT idmint.gen_entity_number('order')")
     db.execute(
         "DO $$ BEGIN CREATE ROLE idmint_test_auditor LOGIN;"
         " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
@@ -146,5 +193,6 @@ def test_an_app_role_may_read_the_audit_and_capacity_views(
         assert scalar(app, "SELECT assigned FROM idmint.fleet_capacity WHERE code = 'RDB'") == 1
         assert scalar(app, "SELECT used FROM idmint.capacity_report() WHERE key = 'RDB'") == 1
         assert scalar(app, "SELECT count(*) FROM idmint.driver_id_history('DRV-001RDB')") == 1
+        assert scalar(app, "SELECT how FROM idmint.entity_number_history(%s)", [number]) == "gen"
     finally:
         db.execute("REVOKE idmint_user FROM idmint_test_auditor")

@@ -137,6 +137,8 @@ def test_capacity_report_projects_exhaustion(db: psycopg.Connection) -> None:
     db.execute("SELECT idmint.next_driver_ids('FST', 14)")
     db.execute("SELECT idmint.reserve_driver_id('FST')")
     db.execute("SELECT idmint.next_driver_ids('FUL', 3)")
+    # The fleets are older than every window below: rates are over the whole window.
+    db.execute("UPDATE idmint.fleets SET created_at = now() - interval '60 days'")
     # Idle's ids were issued long ago: outside every window below.
     db.execute("SELECT idmint.next_driver_ids('DLE', 5)")
     db.execute(
@@ -192,6 +194,8 @@ def test_capacity_report_covers_every_fleet_and_entity_type(db: psycopg.Connecti
     )
     db.execute("SELECT idmint.gen_entity_numbers('part', 699)")
     db.execute("SELECT idmint.claim_entity_number('1000001')")
+    # The types are older than every window below: rates are over the whole window.
+    db.execute("UPDATE idmint.entity_ranges SET created_at = now() - interval '60 days'")
 
     now, rows = report(db)
     keys = list(rows)
@@ -222,6 +226,60 @@ def test_capacity_report_covers_every_fleet_and_entity_type(db: psycopg.Connecti
 
     _, rows = report(db, "2 days")
     assert rows[("entity", "1")]["per_day"] == pytest.approx(700 / 2)
+
+
+def per_day(n: int, now: datetime, since: datetime) -> float:
+    """n allocations over the time from `since` to `now` (at least a second), per day."""
+    return n / (max((now - since).total_seconds(), 1.0) / 86400)
+
+
+def test_projection_divides_by_the_part_of_the_window_a_scope_existed(
+    db: psycopg.Connection,
+) -> None:
+    """A fleet created just now with 7 ids does not show 7 ids / 7 days = 1.00/day."""
+    db.execute("SELECT idmint.add_fleet('New', 'NEW', 100)")
+    db.execute("SELECT idmint.next_driver_ids('NEW', 7)")
+    db.execute("SELECT idmint.add_fleet('Two days', 'DYS', 100)")
+    db.execute("UPDATE idmint.fleets SET created_at = now() - interval '2 days' WHERE code = 'DYS'")
+    db.execute("SELECT idmint.next_driver_ids('DYS', 8)")
+    db.execute("SELECT idmint.add_entity_type(7, 'invoice')")
+    db.execute("SELECT idmint.gen_entity_numbers('invoice', 30)")
+    # Ids backdated before the fleet's creation (an import): the fleet counts from the first.
+    db.execute("SELECT idmint.add_fleet('Imported', 'MPT', 100)")
+    db.execute("SELECT idmint.next_driver_ids('MPT', 6)")
+    db.execute(
+        "UPDATE idmint.driver_numbers SET assigned_at = now() - interval '3 days'"
+        " WHERE fleet_id = (SELECT fleet_id FROM idmint.fleets WHERE code = 'MPT')"
+    )
+    created = dict(db.execute("SELECT code, created_at FROM idmint.fleets").fetchall())
+    invoice_created = scalar(db, "SELECT created_at FROM idmint.entity_ranges WHERE prefix = 7")
+    assert isinstance(invoice_created, datetime)
+
+    now, rows = report(db)
+    new = rows[("fleet", "NEW")]
+    assert new["per_day"] == pytest.approx(per_day(7, now, created["NEW"]), rel=1e-9)
+    assert new["per_day"] > 7  # younger than a day
+    assert new["exhausted_at"] - now == pytest.approx(
+        timedelta(days=93 / new["per_day"]), abs=timedelta(milliseconds=1)
+    )
+    assert rows[("fleet", "DYS")]["per_day"] == pytest.approx(8 / 2, rel=1e-4)
+    assert rows[("fleet", "MPT")]["per_day"] == pytest.approx(6 / 3, rel=1e-4)
+    invoice = rows[("entity", "7")]
+    assert invoice["per_day"] == pytest.approx(per_day(30, now, invoice_created), rel=1e-9)
+
+    # Over one day, the two-day-old fleet's rate is that day's: all 8 are in it.
+    _, rows = report(db, "1 day")
+    assert rows[("fleet", "DYS")]["per_day"] == pytest.approx(8.0)
+    assert rows[("fleet", "MPT")]["per_day"] == 0.0
+
+    # Created in the very transaction that asks: a rate over one second, not a division by 0.
+    with db.transaction():
+        db.execute("SELECT idmint.add_fleet('Same', 'SME', 100)")
+        db.execute("SELECT idmint.next_driver_ids('SME', 2)")
+        row = db.execute(
+            "SELECT per_day FROM idmint.capacity_report() WHERE key = 'SME'"
+        ).fetchone()
+    assert row == (2 * 86400.0,)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ kinds of source, `conn=`, retries, and PgBouncer in transaction pooling mode."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import subprocess
 import sys
 import threading
@@ -192,6 +193,124 @@ def test_entity_numbers(mint: idmint.IdMint) -> None:
     assert caps[1].free == caps[1].capacity - 31
     assert caps[1].utilization == pytest.approx(31 / caps[1].capacity)
     assert caps[7].name == "invoice" and caps[7].issued == 1
+
+
+def test_fleet_is_exactly_the_public_columns(mint: idmint.IdMint) -> None:
+    """add_fleet returns no internal counters (contract 0.2 §6)."""
+    assert [f.name for f in dataclasses.fields(idmint.Fleet)] == [
+        "fleet_id", "code", "name", "max_drivers", "created_at",
+    ]  # fmt: skip
+    fleet = mint.add_fleet("North", code="ABC", max_drivers=7)
+    assert dataclasses.astuple(fleet)[1:4] == ("ABC", "North", 7)
+
+
+def test_audit_history(mint: idmint.IdMint, db: psycopg.Connection) -> None:
+    user = scalar(db, "SELECT session_user")
+    mint.add_fleet("North", code="ABC")
+    rid = mint.reserve_driver_id("ABC", reserved_by="form")
+    assert mint.release_driver_id(rid, reserved_by="form") is True
+    assert mint.next_driver_id("ABC") == rid
+    events = mint.driver_id_history(rid.lower())
+    assert all(isinstance(e, idmint.DriverIdEvent) for e in events)
+    assert [(e.event, e.how, e.reserved_by) for e in events] == [
+        ("reserved", None, "form"),
+        ("released", None, "form"),
+        ("assigned", "next", None),
+    ]
+    assigned = events[-1]
+    assert (assigned.driver_id, assigned.number, assigned.fleet_code) == (rid, 1, "ABC")
+    assert assigned.actor == user and isinstance(assigned.at, datetime)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    assert mint.driver_id_history("DRV-009ZZZ") == []
+    with pytest.raises(idmint.InvalidArgumentError):
+        mint.driver_id_history("DRV-1")
+
+    [number] = mint.gen_entity_numbers("part", 1)
+    [issued] = mint.entity_number_history(number)
+    assert isinstance(issued, idmint.EntityNumberEvent)
+    assert (issued.entity_number, issued.prefix, issued.entity, issued.event, issued.how) == (
+        number, 1, "part", "issued", "gen",
+    )  # fmt: skip
+    assert issued.actor == user and isinstance(issued.issued_xid, int)
+    assert mint.claim_entity_number("5000001") == "5000001"
+    assert [(e.how, e.entity) for e in mint.entity_number_history("5000001")] == [
+        ("claim", "quote")
+    ]
+    assert mint.entity_number_history("5000002") == []  # never issued
+    for bad in ["500000", "05000001", " 5000001", ""]:
+        with pytest.raises(idmint.InvalidArgumentError):
+            mint.entity_number_history(bad)
+
+
+def test_entity_types_and_backfill(mint: idmint.IdMint, db: psycopg.Connection) -> None:
+    seeded = [(1, "part"), (2, "material"), (3, "batch"), (4, "order"), (5, "quote")]
+    assert mint.entity_types() == [idmint.EntityType(p, n) for p, n in seeded]
+    mint.add_entity_type(7, "invoice")
+    assert mint.entity_types()[-1] == idmint.EntityType(7, "invoice")
+
+    db.execute("CREATE TABLE parts (id int PRIMARY KEY, number text, code bigint, x varchar(3))")
+    db.execute("INSERT INTO parts (id) SELECT generate_series(1, 4)")
+    assert mint.backfill_entity_numbers("public.parts", "number", "part") == 4
+    assert mint.backfill_entity_numbers("parts", "number", "part") == 0
+    assert mint.backfill_entity_numbers("parts", "code", 7) == 4
+    rows = db.execute("SELECT number, code FROM parts").fetchall()
+    assert all(n.startswith("1") and str(c).startswith("7") for n, c in rows)
+    for n, _ in rows:  # issued by the backfill, bound to its row
+        events = mint.entity_number_history(n)
+        assert [(e.event, e.how) for e in events] == [("issued", "backfill"), ("bound", None)]
+    with pytest.raises(idmint.InvalidArgumentError):
+        mint.backfill_entity_numbers("parts", "x", "part")  # too narrow to hold a number
+    with pytest.raises(idmint.UnknownEntityTypeError):
+        mint.backfill_entity_numbers("parts", "number", "widget")
+
+
+def test_cleanup_scheduling_without_pg_cron(mint: idmint.IdMint) -> None:
+    """The test cluster has no pg_cron (tests/test_pg_cron.py has one that does)."""
+    with pytest.raises(idmint.InvalidArgumentError, match="pg_cron is not installed"):
+        mint.schedule_cleanup()
+    assert mint.unschedule_cleanup() is False
+
+
+# Public functions an application never calls itself: the trigger functions (named in
+# CREATE TRIGGER) and the helpers that those invoker-rights triggers and the commit-time
+# settler call with the app's rights.
+NOT_FACADE = {
+    "assign_driver_id", "assign_entity_number", "bind_driver_id", "unbind_driver_id",
+    "bind_entity_numbers", "unbind_entity_number", "settle_bindings",
+}  # fmt: skip
+
+
+def test_every_public_sql_function_has_a_facade_method(db: psycopg.Connection) -> None:
+    """Catalog-driven: every function idmint_user or idmint_admin may EXECUTE (internal `_`
+    helpers aside) has a method of that name in both facades, sending a query that calls it."""
+    public = {
+        r[0]
+        for r in db.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'idmint'::regnamespace"
+            " AND p.proname !~ '^_' AND (has_function_privilege('idmint_user', p.oid, 'EXECUTE')"
+            " OR has_function_privilege('idmint_admin', p.oid, 'EXECUTE'))"
+        )
+    }
+    triggers = {
+        r[0]
+        for r in db.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'idmint'::regnamespace"
+            " AND p.prorettype = 'trigger'::regtype AND p.proname !~ '^_'"
+        )
+    }
+    assert triggers <= NOT_FACADE <= public  # the exemptions stay true
+    queries = {
+        q.operation: q.sql.as_string(None) for q in vars(idmint.queries).values()
+        if isinstance(q, idmint.queries.Query)
+    }  # fmt: skip
+    missing = [
+        name
+        for name in sorted(public - NOT_FACADE)
+        if f"idmint.{name}(" not in queries.get(name, "")
+        or not callable(getattr(idmint.IdMint, name, None))
+        or not inspect.iscoroutinefunction(getattr(idmint.AsyncIdMint, name, None))
+    ]
+    assert missing == []
 
 
 def test_migrate_is_idempotent(mint: idmint.IdMint) -> None:

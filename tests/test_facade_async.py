@@ -171,6 +171,37 @@ async def test_entity_numbers(mint: idmint.AsyncIdMint) -> None:
         await mint.gen_entity_number("nosuchtype")
 
 
+async def test_audit_types_and_cleanup(mint: idmint.AsyncIdMint) -> None:
+    await mint.add_fleet("North", code="ABC")
+    rid = await mint.reserve_driver_id("ABC", reserved_by="form")
+    assert await mint.confirm_driver_id(rid, reserved_by="form") == rid
+    events = await mint.driver_id_history(rid)
+    assert [(e.event, e.reserved_by) for e in events] == [
+        ("reserved", "form"),
+        ("confirmed", "form"),
+    ]
+    assert isinstance(events[0], idmint.DriverIdEvent)
+    number = await mint.gen_entity_number("batch")
+    [issued] = await mint.entity_number_history(number)
+    assert (issued.entity_number, issued.entity, issued.how) == (number, "batch", "gen")
+    with pytest.raises(idmint.InvalidArgumentError):
+        await mint.entity_number_history("12")
+    await mint.add_entity_type(8, "invoice")
+    assert (await mint.entity_types())[-1] == idmint.EntityType(8, "invoice")
+    with pytest.raises(idmint.InvalidArgumentError):
+        await mint.schedule_cleanup("*/5 * * * *")
+    assert await mint.unschedule_cleanup() is False
+
+
+async def test_backfill(mint: idmint.AsyncIdMint, connect: Connect) -> None:
+    db = connect()
+    db.execute("CREATE TABLE orders (id int PRIMARY KEY, number varchar(7))")
+    db.execute("INSERT INTO orders (id) SELECT generate_series(1, 3)")
+    assert await mint.backfill_entity_numbers("orders", "number", "order") == 3
+    rows = db.execute("SELECT number FROM orders").fetchall()
+    assert all(r[0].startswith("4") for r in rows)
+
+
 async def test_migrate_is_idempotent(mint: idmint.AsyncIdMint) -> None:
     assert await mint.migrate() == []
 

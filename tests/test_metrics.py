@@ -107,3 +107,13 @@ def test_no_prometheus_import_without_metrics(dsn: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("client", [idmint.IdMint, idmint.AsyncIdMint])
+def test_metrics_without_the_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, client: type[idmint.IdMint] | type[idmint.AsyncIdMint]
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    with pytest.raises(idmint.IdmintError, match=r"pip install 'idmint\[metrics\]'") as info:
+        client("dbname=x", metrics=True)
+    assert isinstance(info.value.__cause__, ImportError)

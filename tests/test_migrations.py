@@ -12,7 +12,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from idmint.migrate import migrate, rollback, yoyo_url
+from idmint import IdMint, IdmintError
+from idmint.migrate import (
+    DataCounts,
+    DataLossRefused,
+    MigrationError,
+    Outcome,
+    migrate,
+    migrate_outcome,
+    migration_ids,
+    migration_sql,
+    migrations_status,
+    rollback,
+    rollback_plan,
+    yoyo_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 YOYO = str(Path(sys.executable).parent / "yoyo")
@@ -190,3 +204,223 @@ def test_a_database_owner_without_createrole_can_install(
         with psycopg.connect(empty_db) as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner)))
         db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+
+
+# -- migrating from apps (contract §7): no lock wait, privileges checked first ---------------
+
+
+@pytest.fixture
+def app_role(db: psycopg.Connection) -> Iterator[str]:
+    """A login role that is a member of idmint_user and has no other rights."""
+    role = f"idmint_app_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
+    yield role
+    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def as_role(dsn: str, role: str) -> str:
+    # A lock or statement wait surfaces as an error instead of a hang.
+    return psycopg.conninfo.make_conninfo(
+        dsn, user=role, options="-c lock_timeout=5s -c statement_timeout=20s"
+    )
+
+
+def test_app_role_with_nothing_pending_migrates_at_once(dsn: str, app_role: str) -> None:
+    """0.1 waited 121 s on yoyo's lock table, then failed with 42501."""
+    app = as_role(dsn, app_role)
+    assert migrate(app) == []
+    assert IdMint(app).migrate() == []
+    with psycopg.connect(app) as conn:  # and the role really has no other rights
+        assert conn.execute(
+            "SELECT has_table_privilege('public.yoyo_lock', 'INSERT'),"
+            " has_database_privilege(current_database(), 'CREATE')"
+        ).fetchone() == (False, False)
+
+
+def test_app_role_with_something_pending_fails_fast_naming_the_privilege(
+    empty_db: str, app_role: str
+) -> None:
+    """A fresh database: the app role may neither create schema idmint nor yoyo's tables."""
+    with pytest.raises(MigrationError) as caught:
+        migrate(as_role(empty_db, app_role))
+    err = caught.value
+    assert isinstance(err, IdmintError) and err.sqlstate == "42501"
+    assert err.message.startswith(f"role {app_role} cannot migrate idmint: it lacks ")
+    dbname = psycopg.conninfo.conninfo_to_dict(empty_db)["dbname"]
+    assert f"CREATE on database {dbname}" in err.message
+    assert "CREATE on schema public (for yoyo's tables" in err.message
+    assert err.hint and "idmint sql | psql -1 -f -" in err.hint
+    with psycopg.connect(empty_db) as conn:  # nothing was created, not even yoyo's lock table
+        assert conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE %s OR relname = 'yoyo_lock'",
+            ("%yoyo%",),
+        ).fetchone() == (0,)
+        assert conn.execute("SELECT to_regnamespace('idmint')").fetchone() == (None,)
+
+
+def test_app_role_cannot_take_yoyos_lock_fails_fast(dsn: str, app_role: str) -> None:
+    """yoyo's tables exist (the owner migrated once) but the app may not write them: this is
+    where 0.1 retried the lock row for two minutes."""
+    assert rollback(dsn) == ["0001_idmint"]
+    with pytest.raises(MigrationError) as caught:
+        IdMint(as_role(dsn, app_role)).migrate()
+    assert caught.value.sqlstate == "42501"
+    assert "INSERT, DELETE on table public.yoyo_lock" in caught.value.message
+    assert "SELECT, INSERT, DELETE on table public._yoyo_migration" in caught.value.message
+
+
+def test_app_role_cannot_roll_back(dsn: str, app_role: str) -> None:
+    with pytest.raises(MigrationError) as caught:
+        rollback(as_role(dsn, app_role))
+    assert caught.value.sqlstate == "42501"
+    assert "ownership of schema idmint" in caught.value.message
+    assert catalog(dsn)  # still installed
+
+
+# -- plain-SQL installs: `idmint sql`, adopted by migrate -------------------------------------
+
+
+def install_with_plain_sql(target: str, *, rollback: bool = False) -> None:
+    """What psql -1 -f, alembic's op.execute or Django's RunSQL do: one transaction."""
+    with psycopg.connect(target) as conn:
+        conn.execute(migration_sql(rollback=rollback).encode())
+
+
+def test_migration_sql_installs_and_removes_a_working_idmint(dsn: str, empty_db: str) -> None:
+    install_with_plain_sql(empty_db)
+    assert catalog(empty_db) == catalog(dsn)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT idmint.version()").fetchone() == (migration_ids()[-1],)
+        conn.execute("SELECT idmint.add_fleet('x', 'ABC')")
+        assert conn.execute("SELECT idmint.next_driver_id('ABC')").fetchone() == ("DRV-001ABC",)
+        # yoyo knows nothing of it
+        assert conn.execute("SELECT to_regclass('public._yoyo_migration')").fetchone() == (None,)
+    install_with_plain_sql(empty_db, rollback=True)
+    assert catalog(empty_db) == {}
+
+
+def test_migrate_adopts_a_plain_sql_install(dsn: str, empty_db: str) -> None:
+    install_with_plain_sql(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("SELECT idmint.add_fleet('x', 'ABC')")
+    version, rows = migrations_status(empty_db)
+    assert version == "0001_idmint"
+    assert [(r.id, r.applied, r.recorded) for r in rows] == [("0001_idmint", True, False)]
+
+    outcome = migrate_outcome(empty_db)  # 0.1: 42P07 relation "error_codes" already exists
+    assert (outcome.applied, outcome.adopted) == ([], ["0001_idmint"])
+    _, rows = migrations_status(empty_db)
+    assert [(r.id, r.applied, r.recorded) for r in rows] == [("0001_idmint", True, True)]
+    assert rows[0].recorded_at is not None
+    assert migrate_outcome(empty_db) == Outcome([], [])  # recorded once
+    with psycopg.connect(empty_db) as conn:  # the data was kept, nothing replayed
+        assert conn.execute("SELECT code FROM idmint.fleets").fetchall() == [("ABC",)]
+
+    assert rollback(empty_db) == ["0001_idmint"]
+    assert catalog(empty_db) == {}
+    assert migrate(empty_db) == ["0001_idmint"]
+    assert catalog(empty_db) == catalog(dsn)
+
+
+def test_two_concurrent_runs_adopt_once(empty_db: str) -> None:
+    install_with_plain_sql(empty_db)
+    code = (
+        "import sys; from idmint.migrate import migrate_outcome as m;"
+        " o = m(sys.argv[1]); print(o.applied, o.adopted)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, empty_db],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sorted(out.strip() for out, _ in outputs) == sorted(["[] []", "[] ['0001_idmint']"])
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (1,)
+
+
+def test_migrate_refuses_a_newer_version(empty_db: str) -> None:
+    install_with_plain_sql(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION idmint.version() RETURNS text LANGUAGE sql"
+            " AS $$ SELECT '9001_future'::text $$"
+        )
+    with pytest.raises(MigrationError) as caught:
+        migrate(empty_db)
+    err = caught.value
+    assert err.sqlstate == "55000"
+    assert "idmint version 9001_future" in err.message and "0001_idmint" in err.message
+    assert err.hint and "upgrade the idmint package" in err.hint
+    with pytest.raises(MigrationError):
+        migrations_status(empty_db)
+    with psycopg.connect(empty_db) as conn:  # nothing recorded
+        assert conn.execute("SELECT to_regclass('public._yoyo_migration')").fetchone() == (None,)
+
+
+def test_migrate_refuses_a_foreign_idmint_schema(empty_db: str) -> None:
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("CREATE SCHEMA idmint; CREATE TABLE idmint.error_codes (x int)")
+    with pytest.raises(MigrationError) as caught:
+        migrate(empty_db)
+    assert caught.value.sqlstate == "55000"
+    assert "has no idmint.version()" in caught.value.message
+
+
+def test_migrate_refuses_records_without_the_schema(empty_db: str) -> None:
+    """yoyo says 0001 is applied but schema idmint was dropped by hand: say so, and the
+    hinted rollback clears the stale record."""
+    assert migrate(empty_db) == ["0001_idmint"]
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("DROP SCHEMA idmint CASCADE")
+    with pytest.raises(MigrationError) as caught:
+        migrate(empty_db)
+    err = caught.value
+    assert err.sqlstate == "55000"
+    assert "yoyo records 0001_idmint as applied, but idmint is not installed" in err.message
+    assert err.hint and "idmint rollback --steps 1 --yes" in err.hint
+    assert rollback(empty_db, allow_data_loss=False) == ["0001_idmint"]
+    assert migrate(empty_db) == ["0001_idmint"]
+
+
+# -- safe rollback ------------------------------------------------------------------------------
+
+
+def test_rollback_refuses_to_drop_data_unless_allowed(dsn: str, db: psycopg.Connection) -> None:
+    assert rollback_plan(dsn) == (["0001_idmint"], DataCounts(0, 0, 0))
+    db.execute("SELECT idmint.add_fleet('x', 'ABC')")
+    db.execute("SELECT idmint.next_driver_ids('ABC', 3)")
+    db.execute("SELECT idmint.reserve_driver_id('ABC')")
+    db.execute("SELECT idmint.gen_entity_numbers('part', 5)")
+    counts = DataCounts(fleets=1, driver_ids=4, entity_numbers=5)
+    assert rollback_plan(dsn) == (["0001_idmint"], counts)
+    with pytest.raises(DataLossRefused) as caught:
+        rollback(dsn, allow_data_loss=False)
+    assert caught.value.counts == counts
+    assert "1 fleet, 4 driver ids, 5 entity numbers" in caught.value.message
+    assert catalog(dsn)  # nothing dropped
+    assert rollback(dsn) == ["0001_idmint"]  # the library call is explicit already
+    assert catalog(dsn) == {}
+
+
+def test_a_role_outside_idmint_user_is_told_it_lacks_usage(
+    dsn: str, db: psycopg.Connection
+) -> None:
+    role = f"idmint_stranger_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with pytest.raises(MigrationError) as caught:
+            migrate(as_role(dsn, role))
+        assert caught.value.sqlstate == "42501"
+        assert caught.value.message == (
+            f"role {role} cannot read idmint's version: it lacks USAGE on schema idmint"
+        )
+        assert caught.value.hint and caught.value.hint.startswith("grant idmint_user to it")
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 
 import psycopg
+import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
 
+import idmint
 from idmint.migrate import migrate, rollback
 from tests.conftest import PG_CTL, conninfo
 from tests.util import raises_sqlstate, scalar
@@ -139,6 +141,15 @@ def test_pg_cron_job_purges_trims_and_can_be_rescheduled(
         assert (job2, schedule, command2) == (new_id, "*/5 * * * *", command)
         assert scalar(db, "SELECT idmint.schedule_cleanup('0 3 * * *')") == new_id
         assert [r[1] for r in job_rows(db)] == ["0 3 * * *"]
+        # The same through the facade.
+        mint = idmint.IdMint(dsn)
+        assert mint.schedule_cleanup("0 4 * * *") == new_id
+        assert [r[1] for r in job_rows(db)] == ["0 4 * * *"]
+        with pytest.raises(idmint.InvalidArgumentError):
+            mint.schedule_cleanup("every minute")
+        assert mint.unschedule_cleanup() is True
+        assert mint.unschedule_cleanup() is False
+        assert mint.schedule_cleanup("0 3 * * *") > 0
         for bad in ["5 seconds", "every minute", "", None]:
             with raises_sqlstate("ID003"):
                 db.execute("SELECT idmint.schedule_cleanup(%s)", [bad])

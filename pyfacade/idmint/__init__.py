@@ -19,10 +19,13 @@ from .errors import (
     ReservationNotActiveError,
     UnknownEntityTypeError,
     UnknownFleetError,
+    error_from,
 )
 from .types import (
     CapacityReport,
+    DriverIdEvent,
     EntityCapacity,
+    EntityNumberEvent,
     EntityType,
     Fleet,
     FleetCapacity,
@@ -37,7 +40,9 @@ __all__ = [
     "AsyncIdMint",
     "CapacityReport",
     "ConcurrencyError",
+    "DriverIdEvent",
     "EntityCapacity",
+    "EntityNumberEvent",
     "EntityRangeExhaustedError",
     "EntityType",
     "Fleet",
@@ -52,5 +57,6 @@ __all__ = [
     "UnknownEntityTypeError",
     "UnknownFleetError",
     "__version__",
+    "error_from",
     "migrations_dir",
 ]

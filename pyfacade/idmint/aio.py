@@ -22,7 +22,16 @@ from . import queries as Q
 from .errors import translate
 from .metrics import recorder
 from .retry import RetryPolicy, dsn_of, isolation_statement, sqlstate_of
-from .types import CapacityReport, EntityCapacity, EntityType, Fleet, FleetCapacity, ParsedDriverId
+from .types import (
+    CapacityReport,
+    DriverIdEvent,
+    EntityCapacity,
+    EntityNumberEvent,
+    EntityType,
+    Fleet,
+    FleetCapacity,
+    ParsedDriverId,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -180,7 +189,14 @@ class AsyncIdMint:
         Returns the ids applied. The migration opens its own connection: to ``dsn`` if
         given, else the client's DSN, else one derived from ``conn.info`` (of ``conn``, the
         client's connection or a connection borrowed from its pool). Run it against
-        PostgreSQL directly, not through PgBouncer."""
+        PostgreSQL directly, not through PgBouncer.
+
+        With nothing pending (the database's ``idmint.version()`` is the newest) it
+        returns ``[]`` at once, for any role that can use idmint (an app's role). When
+        something is pending and the role may not migrate, it raises
+        :class:`idmint.migrate.MigrationError` (SQLSTATE 42501, an :class:`IdmintError`)
+        naming the missing privileges, before taking any lock. An install made with plain
+        SQL (``idmint sql``, alembic, Django) is recorded as applied, not replayed."""
         from .migrate import migrate as _migrate
 
         return await asyncio.to_thread(_migrate, dsn or await self._migration_dsn(conn))
@@ -307,6 +323,18 @@ class AsyncIdMint:
         """Register an entity type (prefix 1..9); ID004 if prefix or name is taken."""
         return await self._call(Q.ADD_ENTITY_TYPE, (prefix, name), conn)
 
+    async def entity_types(self, *, conn: Conn | None = None) -> list[EntityType]:
+        """The registered entity types, by prefix (``idmint.entity_types``)."""
+        return await self._call(Q.ENTITY_TYPES, (), conn)
+
+    async def backfill_entity_numbers(
+        self, tbl: str, col: str, entity: int | str, *, conn: Conn | None = None
+    ) -> int:
+        """Fill every NULL in ``tbl.col`` with new numbers of the type, bound to their rows;
+        returns how many. ``tbl`` is a table name as SQL reads it (``'app.parts'``,
+        ``'"Odd Name"'``); the UPDATE runs with the rights of the connection's role."""
+        return await self._call(Q.BACKFILL_ENTITY_NUMBERS, (tbl, col, entity), conn)
+
     # -- capacity --------------------------------------------------------------------
 
     async def fleet_capacity(self, *, conn: Conn | None = None) -> list[FleetCapacity]:
@@ -323,3 +351,31 @@ class AsyncIdMint:
     async def entity_capacity(self, *, conn: Conn | None = None) -> list[EntityCapacity]:
         """Every entity type's issued and free numbers (``idmint.entity_capacity``)."""
         return await self._call(Q.ENTITY_CAPACITY, (), conn)
+
+    # -- audit -----------------------------------------------------------------------
+
+    async def driver_id_history(
+        self, driver_id: str, *, conn: Conn | None = None
+    ) -> list[DriverIdEvent]:
+        """The audit trail of one driver id (any case), oldest first; ID003 if malformed."""
+        return await self._call(Q.DRIVER_ID_HISTORY, (driver_id,), conn)
+
+    async def entity_number_history(
+        self, number: str, *, conn: Conn | None = None
+    ) -> list[EntityNumberEvent]:
+        """The audit trail of one entity number, oldest first (empty: never issued);
+        ID003 if not 7 digits."""
+        return await self._call(Q.ENTITY_NUMBER_HISTORY, (number,), conn)
+
+    # -- scheduled clean-up (pg_cron) ------------------------------------------------
+
+    async def schedule_cleanup(
+        self, schedule: str = "* * * * *", *, conn: Conn | None = None
+    ) -> int:
+        """(Re)schedule the pg_cron job that purges expired reservations; returns its jobid.
+        ID003 without pg_cron in this database or for a bad schedule. Needs idmint_admin."""
+        return await self._call(Q.SCHEDULE_CLEANUP, (schedule,), conn)
+
+    async def unschedule_cleanup(self, *, conn: Conn | None = None) -> bool:
+        """Remove the pg_cron job; False if there was none (or no pg_cron). Needs idmint_admin."""
+        return await self._call(Q.UNSCHEDULE_CLEANUP, (), conn)

@@ -6,6 +6,10 @@ Every error idmint's SQL raises on purpose has a SQLSTATE of class ``ID`` (see
 Serialization failures, deadlocks and lock timeouts become :class:`ConcurrencyError`.
 Any other SQLSTATE (a connection failure, a permission error, ...) propagates unchanged as
 the psycopg exception.
+
+:func:`error_from` finds the same classes behind errors that reach an application through
+another driver (psycopg2, asyncpg) or an ORM (SQLAlchemy, Django), by duck typing: none of
+those packages is imported here.
 """
 
 from __future__ import annotations
@@ -142,6 +146,86 @@ ERRORS: Mapping[str, type[IdmintError]] = MappingProxyType(
     }
     | {state: ConcurrencyError for state in RETRYABLE_SQLSTATES}
 )
+
+
+# A server error as error_from reads it: (sqlstate, message, hint, detail). The message is
+# None when the exception carries no structured one (SQLAlchemy's asyncpg adapter).
+_ServerError = tuple[str, str | None, str | None, str | None]
+
+#: How many exceptions error_from looks at along a chain of wrappers.
+_MAX_CHAIN = 32
+
+
+def _text(obj: object, name: str) -> str | None:
+    value = getattr(obj, name, None)
+    return value if isinstance(value, str) else None
+
+
+def _is_idmint_state(state: str | None) -> bool:
+    """One of idmint's own SQLSTATEs (class ID), not a retryable one the facade also maps."""
+    return state is not None and state.startswith("ID") and state in ERRORS
+
+
+def _server_error(exc: BaseException) -> _ServerError | None:
+    """The SQLSTATE and fields of one exception, by duck typing: psycopg 3 (``sqlstate`` +
+    ``diag``), psycopg2 (``pgcode`` + ``diag``), asyncpg (``sqlstate`` + ``message``,
+    ``hint``, ``detail``), SQLAlchemy's asyncpg adapter (``sqlstate`` only)."""
+    state = _text(exc, "sqlstate") or _text(exc, "pgcode")
+    if state is None:
+        return None
+    diag = getattr(exc, "diag", None)
+    if diag is not None:  # psycopg 3 and psycopg2 name these alike
+        return (
+            state,
+            _text(diag, "message_primary"),
+            _text(diag, "message_hint"),
+            _text(diag, "message_detail"),
+        )
+    return (state, _text(exc, "message"), _text(exc, "hint"), _text(exc, "detail"))
+
+
+def error_from(exc: BaseException) -> IdmintError | None:
+    """The idmint exception behind an error raised through any PostgreSQL driver or ORM.
+
+    ``exc`` may come from psycopg 3, psycopg2 or asyncpg, or from SQLAlchemy or Django
+    wrapping one of them: the driver's error is found by following ``.orig`` (SQLAlchemy)
+    and ``__cause__`` (Django, SQLAlchemy's asyncpg adapter); a cycle ends the search. For
+    a SQLSTATE of class ``ID`` it returns the matching :class:`IdmintError` subclass (from
+    :data:`ERRORS`) with the server's message, HINT and DETAIL, and ``exc`` as its
+    ``__cause__``; for any other error (another SQLSTATE, or none) ``None``. An
+    :class:`IdmintError` of class ``ID`` is returned as it is. Typical use::
+
+        except sqlalchemy.exc.DBAPIError as exc:
+            if (err := idmint.error_from(exc)) is not None:
+                raise err from exc
+            raise
+    """
+    if isinstance(exc, IdmintError):
+        return exc if _is_idmint_state(exc.sqlstate) else None
+    found: _ServerError | None = None
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < _MAX_CHAIN:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        record = _server_error(current)
+        if record is not None and _is_idmint_state(record[0]):
+            if record[1] is not None:
+                found = record
+                break
+            found = found or record  # a wrapper that knows only the SQLSTATE: look deeper
+        for link in (getattr(current, "orig", None), current.__cause__):
+            if isinstance(link, BaseException):
+                todo.append(link)
+    if found is None:
+        return None
+    state, message, hint, detail = found
+    err = ERRORS[state](message or str(exc), sqlstate=state, hint=hint, detail=detail)
+    err.__cause__ = exc
+    err.__suppress_context__ = True
+    return err
 
 
 def translate(exc: psycopg.Error, *, attempts: int = 1) -> BaseException:

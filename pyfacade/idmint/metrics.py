@@ -19,6 +19,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .errors import IdmintError
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -104,12 +106,13 @@ def recorder(metrics: bool | CollectorRegistry | None) -> Recorder:
     ``True`` -> prometheus_client's default registry; a registry -> that registry."""
     if metrics is None or metrics is False:
         return NO_METRICS
-    if metrics is True:
-        from prometheus_client import REGISTRY
-
-        registry: CollectorRegistry = REGISTRY
-    else:
-        registry = metrics
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise IdmintError(
+            "metrics=... needs the prometheus_client package: pip install 'idmint[metrics]'"
+        ) from exc
+    registry: CollectorRegistry = prometheus_client.REGISTRY if metrics is True else metrics
     with _lock:
         found = _by_registry.get(registry)
         if found is None:

@@ -21,7 +21,9 @@ from psycopg.rows import RowFactory, class_row, scalar_row
 
 from .types import (
     CapacityReport,
+    DriverIdEvent,
     EntityCapacity,
+    EntityNumberEvent,
     EntityType,
     Fleet,
     FleetCapacity,
@@ -132,3 +134,27 @@ CAPACITY_REPORT = every(
     " r.per_day, r.exhausted_at FROM idmint.capacity_report(%s::interval) AS r",
     class_row(CapacityReport),
 )
+ENTITY_TYPES = every(
+    "entity_types",
+    "SELECT t.prefix, t.name FROM idmint.entity_types AS t ORDER BY t.prefix",
+    class_row(EntityType),
+)
+DRIVER_ID_HISTORY = every(
+    "driver_id_history",
+    "SELECT h.at, h.fleet_id, h.fleet_code, h.driver_id, h.number, h.event, h.how, h.actor,"
+    " h.application_name, h.reserved_by, h.detail"
+    " FROM idmint.driver_id_history(%s) WITH ORDINALITY AS h ORDER BY h.ordinality",
+    class_row(DriverIdEvent),
+)
+ENTITY_NUMBER_HISTORY = every(
+    "entity_number_history",
+    "SELECT h.at, h.entity_number, h.prefix, h.entity, h.event, h.how, h.actor, h.issued_xid"
+    " FROM idmint.entity_number_history(%s) WITH ORDINALITY AS h ORDER BY h.ordinality",
+    class_row(EntityNumberEvent),
+)
+# The table as regclass text (e.g. 'app.parts', quoted as in SQL); the column by its name.
+BACKFILL_ENTITY_NUMBERS: Query[int] = one(
+    "backfill_entity_numbers", "SELECT idmint.backfill_entity_numbers(%s::regclass, %s::text, %s)"
+)
+SCHEDULE_CLEANUP: Query[int] = one("schedule_cleanup", "SELECT idmint.schedule_cleanup(%s::text)")
+UNSCHEDULE_CLEANUP: Query[bool] = one("unschedule_cleanup", "SELECT idmint.unschedule_cleanup()")

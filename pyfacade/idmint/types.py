@@ -77,3 +77,39 @@ class CapacityReport:
     utilization: float
     per_day: float
     exhausted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DriverIdEvent:
+    """A row of ``idmint.driver_id_history`` (the view ``idmint.driver_id_audit``): one event
+    of a driver number - ``assigned`` (``how``: next, bulk), ``reserved``, ``confirmed``,
+    ``released``, ``expired`` or ``reset`` - with who (``actor`` = session user,
+    ``application_name``, ``reserved_by``) and when."""
+
+    at: datetime
+    fleet_id: uuid.UUID
+    fleet_code: str
+    driver_id: str | None
+    number: int | None
+    event: str
+    how: str | None
+    actor: str | None
+    application_name: str | None
+    reserved_by: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class EntityNumberEvent:
+    """A row of ``idmint.entity_number_history``: ``issued`` (``how``: gen, claim, bind,
+    backfill; ``actor`` = session user; ``issued_xid`` = the issuing transaction) or
+    ``bound`` (when an application row took the number)."""
+
+    at: datetime
+    entity_number: str
+    prefix: int
+    entity: str | None
+    event: str
+    how: str | None
+    actor: str | None
+    issued_xid: int | None

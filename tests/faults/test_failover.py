@@ -1,7 +1,7 @@
 """Failover: with a synchronous standby, promoting it after a primary crash reissues nothing.
 
 A negative control shows the same harness catching the reissues an asynchronous standby
-produces (the README explains why).
+produces (docs/RELIABILITY.md explains why).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""A tiny Django app for the Django recipe (tests/recipes/test_django.py, docs/ORMS.md)."""
