@@ -81,20 +81,31 @@ COMMENT ON FUNCTION idmint._error(text, text, text, text) IS
 -- ==== sql/10_driver_tables.sql ====
 -- Fleets and the driver-number ledger.
 
+-- Only idmint's functions write these two tables (contract §0), and every allocation
+-- writes both. PostgreSQL 15 re-reads and re-plans each CHECK constraint of a table on
+-- every INSERT or UPDATE (stringToNode + expression_planner per statement): the nine
+-- column and row checks these tables had were a third of next_driver_id's CPU (profile in
+-- docs/BENCHMARKS.md). So the values are validated where they enter (add_fleet, _issue,
+-- reset_driver_sequence, the holder rule), tests/test_driver_ids.py checks the row
+-- invariants after every kind of change, and the one CHECK kept is the cap itself: no
+-- counter beyond max_drivers (so no number above it), whatever a bug might do.
 CREATE TABLE idmint.fleets (
     fleet_id    uuid        PRIMARY KEY,
-    code        text        NOT NULL UNIQUE CHECK (code ~ '^[A-HJ-NP-Z2-9]{3}$'),
-    name        text        NOT NULL CHECK (name <> ''),
-    max_drivers integer     NOT NULL CHECK (max_drivers BETWEEN 1 AND 999),
+    code        text        NOT NULL UNIQUE,  -- ^[A-HJ-NP-Z2-9]{3}$, checked by add_fleet
+    name        text        NOT NULL,         -- 1..200 characters, checked by add_fleet
+    max_drivers integer     NOT NULL,         -- 1..999, checked by add_fleet
     created_at  timestamptz NOT NULL DEFAULT now(),
     -- The counter: the highest number handed out as new (or set by a reset).
     last_number integer     NOT NULL DEFAULT 0,
     -- Kept in step with driver_numbers under this row's lock, so capacity is cheap
     -- and the common allocation (nothing reserved or freed) is a single UPDATE.
-    assigned    integer     NOT NULL DEFAULT 0 CHECK (assigned >= 0),
-    unassigned  integer     NOT NULL DEFAULT 0 CHECK (unassigned >= 0),
+    assigned    integer     NOT NULL DEFAULT 0,
+    unassigned  integer     NOT NULL DEFAULT 0,
     CHECK (last_number BETWEEN 0 AND max_drivers)
-);
+)
+-- Room on each page for the row's next versions: the counter UPDATE stays HOT (no new
+-- entries in the two indexes, inside the fleet lock) and writes about half the WAL.
+WITH (fillfactor = 50);
 COMMENT ON TABLE idmint.fleets IS 'Fleets, each with its gapless driver-number counter';
 
 -- One row per number a fleet has handed out. A 'free' row is a number that was
@@ -104,8 +115,9 @@ CREATE TABLE idmint.driver_numbers (
     -- hold locked, and fleets are never deleted. The RI check cost ~40 us inside the
     -- fleet lock on every allocation (bench/profile.json).
     fleet_id         uuid        NOT NULL,
-    number           integer     NOT NULL CHECK (number BETWEEN 1 AND 999),
-    state            text        NOT NULL CHECK (state IN ('reserved', 'assigned', 'free')),
+    number           integer     NOT NULL,  -- 1..max_drivers: from the counter
+    -- reserved (expires_at set), assigned (assigned_at set; bound only then) or free.
+    state            text        NOT NULL,
     request_key      text,
     reserved_by      text,
     -- The reservation named its holder (reserved_by given): only that holder may confirm
@@ -118,10 +130,7 @@ CREATE TABLE idmint.driver_numbers (
     application_name text,
     how              text,        -- next, bulk, reserve, confirm
     bound            boolean     NOT NULL DEFAULT false,  -- an app row carries it (trigger)
-    PRIMARY KEY (fleet_id, number),
-    CHECK ((state = 'reserved') = (expires_at IS NOT NULL)),
-    CHECK ((state = 'assigned') = (assigned_at IS NOT NULL)),
-    CHECK (NOT bound OR state = 'assigned')
+    PRIMARY KEY (fleet_id, number)
 );
 COMMENT ON TABLE idmint.driver_numbers IS 'Every driver number issued, reserved or freed, per fleet';
 
@@ -436,14 +445,19 @@ $$;
 COMMENT ON FUNCTION idmint.gen_fleet_code() IS
     'A random fleet code not yet used (not reserved: add_fleet may still find it taken); ID005 when none is left';
 
+-- What add_fleet returns (contract §6): the fleet as apps see it, not its internal counters.
+CREATE TYPE idmint.new_fleet AS (fleet_id uuid, code text, name text, max_drivers integer,
+                                 created_at timestamptz);
+COMMENT ON TYPE idmint.new_fleet IS 'The row idmint.add_fleet returns';
+
 CREATE FUNCTION idmint.add_fleet(name text, code text DEFAULT NULL, max_drivers integer DEFAULT 999,
                                  fleet_id uuid DEFAULT NULL)
-RETURNS idmint.fleets
+RETURNS idmint.new_fleet
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    created idmint.fleets;
+    created idmint.new_fleet;
     new_code text;
 BEGIN
     IF name IS NULL OR name = '' THEN
@@ -466,7 +480,7 @@ BEGIN
         INSERT INTO idmint.fleets AS f (fleet_id, code, name, max_drivers)
         VALUES (coalesce(add_fleet.fleet_id, gen_random_uuid()), new_code, add_fleet.name, add_fleet.max_drivers)
         ON CONFLICT DO NOTHING
-        RETURNING f.* INTO created;
+        RETURNING f.fleet_id, f.code, f.name, f.max_drivers, f.created_at INTO created;
         IF created.fleet_id IS NOT NULL THEN
             RETURN created;
         END IF;
@@ -576,12 +590,19 @@ BEGIN
     n_new := n - n_reuse;
 
     IF f.last_number + n_new > f.max_drivers THEN
+        -- The hint names what would actually help: active reservations if there are any,
+        -- else the fleet's own cap (and the hard 999 of the format).
         PERFORM idmint._error('fleet_capacity_exhausted',
             format('fleet %s has %s free number(s), %s requested', f.code,
                    n_reuse + f.max_drivers - f.last_number, n),
             CASE WHEN active_reserved > 0
-                 THEN 'release reservations or wait for them to expire; a fleet holds at most max_drivers ids'
-                 ELSE format('every number up to max_drivers (%s) is issued; max_drivers is at most 999', f.max_drivers) END,
+                 THEN format('%s number(s) of this fleet are held by active reservations: release them'
+                             ' (idmint.release_driver_id) or wait for them to expire', active_reserved)
+                 ELSE format('the fleet has issued every number up to its max_drivers (%s); a fleet holds'
+                             ' at most 999 ids: create another fleet with idmint.add_fleet', f.max_drivers)
+            END || CASE WHEN n > 1 AND n_reuse + f.max_drivers - f.last_number > 0
+                        THEN format(', or ask for at most %s', n_reuse + f.max_drivers - f.last_number)
+                        ELSE '' END,
             format('max_drivers %s, assigned %s, active reservations %s', f.max_drivers, f.assigned, active_reserved));
     END IF;
 
@@ -645,6 +666,10 @@ $$;
 COMMENT ON FUNCTION idmint._issue(uuid, integer, text, text, text, interval, boolean, boolean) IS
     'Allocate n numbers of a fleet under its lock: freed/expired lowest first, then the counter';
 
+-- The fast path of next_driver_id(uuid) and next_driver_id(text), written out in both: on
+-- PostgreSQL 15 every call of a function with SET search_path costs a GUC switch (tens of
+-- microseconds under load, held inside the fleet lock's critical path), so the common case
+-- calls no other idmint function. Keep the two copies identical.
 CREATE FUNCTION idmint.next_driver_id(fleet uuid, request_key text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -676,10 +701,12 @@ BEGIN
         INTO issued, max_drivers, assigned, code
         FROM counter c;
         IF issued IS NOT NULL THEN
+            -- idmint._durable() and the lowest fleet threshold of idmint._thresholds (0.8),
+            -- inlined; test_notify checks the two stay in step.
             IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-                PERFORM idmint._durable();
+                PERFORM set_config('synchronous_commit', 'on', true);
             END IF;
-            IF assigned >= max_drivers * (idmint._thresholds('fleet'))[1] THEN
+            IF assigned * 10 >= max_drivers * 8 THEN
                 PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
                                                idmint._thresholds('fleet'));
             END IF;
@@ -692,10 +719,58 @@ $$;
 COMMENT ON FUNCTION idmint.next_driver_id(uuid, text) IS
     'Allocate and assign the fleet''s next driver id (freed numbers lowest first). With request_key, a repeat returns the first answer. ID001 full, ID002 unknown fleet';
 
+-- The text form resolves the fleet once, inline (no idmint._fleet_id call on the fast path);
+-- anything unusual (unknown or malformed fleet, full, freed numbers, request_key) goes to
+-- the general path, which raises the documented errors.
 CREATE FUNCTION idmint.next_driver_id(fleet text, request_key text DEFAULT NULL) RETURNS text
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT idmint.next_driver_id(idmint._fleet_id(fleet), request_key) $$;
+AS $$
+DECLARE
+    id uuid;
+    issued text;
+    max_drivers integer;
+    assigned integer;
+    code text;
+BEGIN
+    IF request_key IS NULL THEN
+        IF fleet ~* '^[A-HJ-NP-Z2-9]{3}$' THEN
+            SELECT f.fleet_id INTO id FROM idmint.fleets f WHERE f.code = upper(fleet);
+        ELSIF fleet ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$' THEN
+            id := fleet::uuid;
+        END IF;
+    END IF;
+    IF id IS NOT NULL THEN
+        -- Same statement and checks as next_driver_id(uuid).
+        WITH counter AS (
+            UPDATE idmint.fleets f
+            SET last_number = f.last_number + 1, assigned = f.assigned + 1
+            WHERE f.fleet_id = id AND f.unassigned = 0 AND f.last_number < f.max_drivers
+            RETURNING f.fleet_id, f.last_number, f.code, f.max_drivers, f.assigned
+        ), ledger AS (
+            INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
+                                               application_name, how)
+            SELECT c.fleet_id, c.last_number, 'assigned', now(), session_user,
+                   current_setting('application_name'), 'next'
+            FROM counter c
+        )
+        SELECT 'DRV-' || lpad(c.last_number::text, 3, '0') || c.code, c.max_drivers, c.assigned, c.code
+        INTO issued, max_drivers, assigned, code
+        FROM counter c;
+        IF issued IS NOT NULL THEN
+            IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                PERFORM set_config('synchronous_commit', 'on', true);
+            END IF;
+            IF assigned * 10 >= max_drivers * 8 THEN
+                PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
+                                               idmint._thresholds('fleet'));
+            END IF;
+            RETURN issued;
+        END IF;
+    END IF;
+    RETURN (SELECT i.driver_id FROM idmint._issue(idmint._fleet_id(fleet), 1, request_key, 'next') i);
+END
+$$;
 COMMENT ON FUNCTION idmint.next_driver_id(text, text) IS
     'next_driver_id for a fleet given by code (any case) or uuid text';
 
