@@ -84,12 +84,14 @@ def run_driver(
                 extra = (
                     "" if r["verified"] else f"  NOT VERIFIED (db shows {r.get('issued_in_db')})"
                 )
-                if p.peer.startswith("odoo"):
+                client = p.peer.startswith("odoo") or p.peer == "idmint_client"
+                if client:
                     extra += (
                         f"  [failed requests {r['failed']}, lock failures"
-                        f" {r['lock_failures']}, p99 {r['latency_p99_ms']} ms]"
+                        f" {r['lock_failures']}, p50 {r['latency_p50_ms']} ms,"
+                        f" p99 {r['latency_p99_ms']} ms]"
                     )
-                if not p.peer.startswith("odoo") and (r.get("failed") or r.get("aborted")):
+                if not client and (r.get("failed") or r.get("aborted")):
                     extra += (
                         f"  failed {r.get('failed')} aborted {r.get('aborted')} {r.get('errors')}"
                     )
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             gs = dmeta.pop("gs")
             result["driver_meta"] = dmeta
             result["driver_ratios"] = report.driver_ratios(result["driver"])
+            result["driver_latency"] = report.driver_latency(result["driver"])
             single = report._get(result["driver"], "bulk", "idmint_single", 1)
             bulk = report._get(result["driver"], "bulk", "idmint_bulk100", 1)
             result["bulk"] = {

@@ -1,5 +1,7 @@
-"""Driver ids: idmint.next_driver_id against a raw gapless counter, Odoo's no_gap sequence
-and nextval, with pgbench (and a Python client for Odoo, whose retry pgbench cannot do).
+"""Driver ids: idmint.next_driver_id against the ledgered counter (a gapless counter plus
+one ledger row, in one statement: the fair limit), the bare counter, Odoo's no_gap
+sequence and nextval, with pgbench (and a Python client for Odoo, whose retry pgbench
+cannot do; the same client also runs idmint so that their latencies compare).
 
 A fleet holds at most 999 ids, but one point allocates tens of thousands. Every peer
 therefore resolves its target through the same lookup in `bench.pool`, keyed by a time
@@ -79,9 +81,13 @@ def groups(duration: float) -> dict[int, Group]:
 SETUP = """
 CREATE SCHEMA bench;
 CREATE TABLE bench.counters (scope integer PRIMARY KEY, v bigint NOT NULL DEFAULT 0);
+-- The ledgered counter (issue 14): keyed by the fleet's code, like a real app would.
+CREATE TABLE bench.lcounters (scope text PRIMARY KEY, v integer NOT NULL DEFAULT 0);
+CREATE TABLE bench.ledger (scope text, number int, at timestamptz DEFAULT now(),
+                           who text DEFAULT session_user, PRIMARY KEY (scope, number));
 CREATE TABLE bench.pool (
     grp integer, w integer, f integer,
-    fleet_id uuid NOT NULL, scope integer NOT NULL, seq regclass NOT NULL,
+    fleet_id uuid NOT NULL, code text NOT NULL, scope integer NOT NULL, seq regclass NOT NULL,
     PRIMARY KEY (grp, w, f));
 CREATE SEQUENCE bench.seq_hot;
 """
@@ -95,13 +101,12 @@ def setup(conn: psycopg.Connection[Any], gs: dict[int, Group]) -> None:
     for g in gs.values():
         conn.execute(
             """
-            INSERT INTO bench.pool (grp, w, f, fleet_id, scope, seq)
-            SELECT %(g)s, w, f,
-                   (idmint.add_fleet(format('bench %%s/%%s/%%s', %(g)s, w, f))).fleet_id,
-                   0,
+            INSERT INTO bench.pool (grp, w, f, fleet_id, code, scope, seq)
+            SELECT %(g)s, w, f, a.fleet_id, a.code, 0,
                    CASE WHEN %(g)s = 1 THEN format('bench.seq_%%s', f)
                         ELSE 'bench.seq_hot' END::regclass
-            FROM generate_series(0, %(cycles)s - 1) w, generate_series(1, %(fleets)s) f
+            FROM generate_series(0, %(cycles)s - 1) w, generate_series(1, %(fleets)s) f,
+                 LATERAL idmint.add_fleet(format('bench %%s/%%s/%%s', %(g)s, w, f)) a
             """,
             {"g": g.grp, "cycles": g.cycles, "fleets": g.fleets},
         )
@@ -113,7 +118,8 @@ def setup(conn: psycopg.Connection[Any], gs: dict[int, Group]) -> None:
         """
     )
     conn.execute("INSERT INTO bench.counters (scope) SELECT scope FROM bench.pool")
-    conn.execute("VACUUM ANALYZE bench.pool, bench.counters, idmint.fleets")
+    conn.execute("INSERT INTO bench.lcounters (scope) SELECT code FROM bench.pool")
+    conn.execute("VACUUM ANALYZE bench.pool, bench.counters, bench.lcounters, idmint.fleets")
 
 
 def reset(conn: psycopg.Connection[Any]) -> None:
@@ -124,7 +130,11 @@ def reset(conn: psycopg.Connection[Any]) -> None:
         " WHERE last_number <> 0 OR assigned <> 0 OR unassigned <> 0"
     )
     conn.execute("UPDATE bench.counters SET v = 0 WHERE v <> 0")
-    conn.execute("VACUUM ANALYZE idmint.fleets, idmint.driver_numbers, bench.counters")
+    conn.execute("TRUNCATE bench.ledger")
+    conn.execute("UPDATE bench.lcounters SET v = 0 WHERE v <> 0")
+    conn.execute(
+        "VACUUM ANALYZE idmint.fleets, idmint.driver_numbers, bench.counters, bench.lcounters"
+    )
     conn.execute("CHECKPOINT")
 
 
@@ -135,11 +145,20 @@ def fullest_fleet(conn: psycopg.Connection[Any]) -> int:
 
 def verify(conn: psycopg.Connection[Any], peer: str, r: dict[str, Any]) -> bool:
     """Did the point really hand out the ids it counted? (Before the next reset.)"""
+    if peer == "ledger":
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM bench.ledger),"
+            " (SELECT coalesce(sum(v), 0) FROM bench.lcounters)"
+        ).fetchone()
+        r["issued_in_db"] = int(row[0]) if row else -1
+        return bool(row) and int(row[0]) == int(row[1]) == int(r["processed"])
     if peer.startswith("idmint"):
         row = conn.execute("SELECT count(*) FROM idmint.driver_numbers").fetchone()
         issued = int(row[0]) if row else -1
         expected = int(r["processed"]) * (100 if peer == "idmint_bulk100" else 1)
         r["issued_in_db"] = issued
+        if peer == "idmint_client":  # counts only requests that finished inside the window
+            return issued >= int(r["processed"])
         return issued == expected
     if peer in ("raw", "odoo", "odoo_spin"):
         row = conn.execute("SELECT coalesce(sum(v), 0) FROM bench.counters").fetchone()
@@ -173,6 +192,19 @@ def pick_fleet(g: Group) -> str:
 def script(peer: str, g: Group) -> str:
     if peer == "idmint":
         return pick_fleet(g) + f"SELECT idmint.next_driver_id({lookup(g, 'fleet_id')});\n"
+    if peer == "ledger":
+        # Issue 14's statement, with the same fleet lookup as every other peer. The lookup
+        # is a joined CTE so that the row-lock recheck (EvalPlanQual) after a wait keeps
+        # the scope it started with: as a scalar subquery in WHERE it was evaluated again
+        # with a later clock, and a statement that had waited past its window updated no
+        # row (half the statements at 8 clients, hot).
+        return (
+            pick_fleet(g)
+            + f"WITH s AS MATERIALIZED (SELECT {lookup(g, 'code')} AS scope),"
+            + " c AS (UPDATE bench.lcounters l SET v = l.v + 1 FROM s"
+            + " WHERE l.scope = s.scope AND l.v < 999 RETURNING l.scope, l.v)"
+            + " INSERT INTO bench.ledger (scope, number) SELECT scope, v FROM c RETURNING number;\n"
+        )
     if peer == "raw":
         return (
             pick_fleet(g)
@@ -258,6 +290,8 @@ def run_pgbench(
 # whole request up to MAX_TRIES_ON_CONCURRENCY_FAILURE = 5 times, sleeping
 # random.uniform(0, 2 ** try) seconds between tries. "odoo" reproduces exactly that;
 # "odoo_spin" retries at once, without limit: the best the NOWAIT design can do.
+# "idmint_client" runs next_driver_id through the same client (one call, commit; it waits
+# for the fleet lock instead of failing), so the latencies of the two compare directly.
 ODOO_MAX_TRIES = 5
 
 
@@ -268,6 +302,11 @@ def run_odoo(dsn: str, g: Group, clients: int, duration: float, mode: str) -> di
         " FOR UPDATE NOWAIT"
     )
     upd_sql = "UPDATE bench.counters SET v = v + 1 WHERE scope = %(s)s RETURNING v"
+    idmint_sql = (
+        "SELECT idmint.next_driver_id("
+        + lookup(g, "fleet_id").replace("%", "%%").replace(":f", "%(f)s")
+        + ")"
+    )
     stop = threading.Event()
     start = threading.Barrier(clients + 1)
     stats: list[dict[str, int]] = []
@@ -296,9 +335,12 @@ def run_odoo(dsn: str, g: Group, clients: int, duration: float, mode: str) -> di
                 while not stop.is_set():
                     tries += 1
                     try:
-                        row = conn.execute(lock_sql, {"f": f}).fetchone()
-                        assert row is not None
-                        conn.execute(upd_sql, {"s": row[0]}).fetchone()
+                        if mode == "idmint_client":
+                            conn.execute(idmint_sql, {"f": f}).fetchone()
+                        else:
+                            row = conn.execute(lock_sql, {"f": f}).fetchone()
+                            assert row is not None
+                            conn.execute(upd_sql, {"s": row[0]}).fetchone()
                         conn.commit()
                         done = time.monotonic()
                         if done <= end_at[0]:
@@ -343,6 +385,7 @@ def run_odoo(dsn: str, g: Group, clients: int, duration: float, mode: str) -> di
 
     return {
         "latency_avg_ms": round(sum(latencies) / len(latencies) * 1000, 2) if latencies else None,
+        "latency_p50_ms": pct(0.50),
         "latency_p99_ms": pct(0.99),
         "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
         "tps": ok / duration,
@@ -358,12 +401,12 @@ def run_odoo(dsn: str, g: Group, clients: int, duration: float, mode: str) -> di
 def matrix(quick: bool, only_clients: list[int] | None = None) -> list[Point]:
     pts: list[Point] = []
     for c in (1, 8, 32):
-        for peer in ("idmint", "raw", "odoo", "odoo_spin", "nextval"):
-            if peer == "odoo_spin" and c == 1:
-                continue  # no contention: same as odoo
+        for peer in ("idmint", "ledger", "raw", "odoo", "odoo_spin", "idmint_client", "nextval"):
+            if peer in ("odoo_spin", "idmint_client") and c == 1:
+                continue  # no contention: same as odoo; latency compared under contention
             pts.append(Point("hot", peer, c))
     for c in (8, 32):
-        for peer in ("idmint", "raw", "odoo", "nextval"):
+        for peer in ("idmint", "ledger", "raw", "odoo", "nextval"):
             pts.append(Point("fleets100", peer, c))
     pts.append(Point("bulk", "idmint_single", 1, 1))
     pts.append(Point("bulk", "idmint_bulk100", 1, 100))
@@ -381,7 +424,7 @@ def run_point(
     duration: float,
 ) -> dict[str, Any]:
     g = gs[{"hot": HOT, "fleets100": SPREAD, "bulk": BULK}[p.scenario]]
-    if p.peer in ("odoo", "odoo_spin"):
+    if p.peer in ("odoo", "odoo_spin", "idmint_client"):
         return run_odoo(dsn, g, p.clients, duration, p.peer)
     return run_pgbench(pgbench, dsn_parts, script(p.peer, g), p.clients, duration, p.ids_per_tx)
 
@@ -393,7 +436,7 @@ def dsn_parts_of(dsn: str) -> dict[str, str]:
 
 def scripts_for_docs(gs: dict[int, Group]) -> dict[str, str]:
     out = {}
-    for peer in ("idmint", "raw", "nextval"):
+    for peer in ("idmint", "ledger", "raw", "nextval"):
         out[f"hot/{peer}"] = script(peer, gs[HOT])
         out[f"fleets100/{peer}"] = script(peer, gs[SPREAD])
     out["bulk/idmint_single"] = script("idmint_single", gs[BULK])

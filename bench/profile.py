@@ -1,155 +1,102 @@
-# ruff: noqa: E501  (SQL text)
-"""`--profile`: where idmint's driver-id path spends its time, and what cheaper variants of
-the same work would reach (side by side with the raw counter).
+"""`--profile`: where idmint's driver-id path spends its time, against the ledgered counter
+and against the choices the hot path no longer makes (bench/profile_variants.sql).
 
-Needs the cluster started with pg_stat_statements and track_functions (env.PROFILE_SETTINGS).
+Two measures:
+- CPU per call without the commit flush: 900 fleets, one call each per DO block (so no
+  row gets a long version chain), the backend's own CPU time read from /proc before and
+  after. On a shared 2-core machine this is much steadier than a rate.
+- pgbench rates with pg_stat_statements and track_functions (needs the cluster started
+  with env.PROFILE_SETTINGS), plus EXPLAIN of the fast path's statements.
 The variants live in the throwaway database only (schema bench); sql/ is not touched.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from . import driver, env
 
-VARIANTS = """
--- v1: next_driver_id's fast path with the helpers inlined (no nested SET search_path
--- functions: _durable, _format_driver_id), still plpgsql, still SECURITY DEFINER.
-CREATE FUNCTION bench.next_v1(fleet uuid) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    num integer; code text; max_drivers integer; assigned integer;
-BEGIN
-    UPDATE idmint.fleets f
-    SET last_number = f.last_number + 1, assigned = f.assigned + 1
-    WHERE f.fleet_id = next_v1.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
-    RETURNING f.last_number, f.code, f.max_drivers, f.assigned INTO num, code, max_drivers, assigned;
-    IF FOUND THEN
-        INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
-                                           application_name, how)
-        VALUES (fleet, num, 'assigned', now(), session_user, current_setting('application_name'), 'next');
-        IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-            PERFORM set_config('synchronous_commit', 'on', true);
-        END IF;
-        IF assigned * 10 >= max_drivers * 8 THEN
-            PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1, assigned,
-                                           '{0.8,0.9,1.0}');
-        END IF;
-        RETURN 'DRV-' || lpad(num::text, 3, '0') || code;
-    END IF;
-    RETURN idmint.next_driver_id(fleet);
-END
-$$;
+VARIANTS = Path(__file__).resolve().parent / "profile_variants.sql"
+CPU_FLEETS = 900
+TICK = os.sysconf("SC_CLK_TCK")
 
--- v2: the fast path as one SQL statement (UPDATE ... RETURNING feeding the ledger INSERT).
-CREATE FUNCTION bench.next_v2(fleet uuid) RETURNS text
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    WITH u AS (
-        UPDATE idmint.fleets f
-        SET last_number = f.last_number + 1, assigned = f.assigned + 1
-        WHERE f.fleet_id = next_v2.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
-        RETURNING f.fleet_id, f.last_number, f.code),
-    i AS (
-        INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
-                                           application_name, how)
-        SELECT u.fleet_id, u.last_number, 'assigned', now(), session_user,
-               current_setting('application_name'), 'next' FROM u
-        RETURNING number)
-    SELECT 'DRV-' || lpad(u.last_number::text, 3, '0') || u.code FROM u
-$$;
+# One call per row r (r.fleet_id uuid, r.code text) of bench.cpu_fleets.
+CPU_CALLS = {
+    "ledgered counter": "WITH c AS (UPDATE bench.lcounters SET v = v + 1"
+    " WHERE scope = r.code AND v < 999 RETURNING scope, v)"
+    " INSERT INTO bench.ledger (scope, number) SELECT scope, v FROM c",
+    "idmint next_driver_id(uuid)": "PERFORM idmint.next_driver_id(r.fleet_id)",
+    "idmint next_driver_id(code)": "PERFORM idmint.next_driver_id(r.code)",
+    "before: old text path (3 pinned calls)": "PERFORM bench.next_text_nested(r.code)",
+    "before: 9 CHECKs, fillfactor 100": "PERFORM bench.next_checked(r.fleet_id)",
+}
 
--- v3: v2's single statement inside plpgsql, keeping every duty of next_driver_id's fast
--- path (durable commit, capacity alert, fallback to the general allocator).
-CREATE FUNCTION bench.next_v3(fleet uuid, request_key text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    num integer; code text; max_drivers integer; assigned integer;
-BEGIN
-    IF request_key IS NULL THEN
-        WITH u AS (
-            UPDATE idmint.fleets f
-            SET last_number = f.last_number + 1, assigned = f.assigned + 1
-            WHERE f.fleet_id = next_v3.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
-            RETURNING f.fleet_id, f.last_number, f.code, f.max_drivers, f.assigned),
-        i AS (
-            INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
-                                               application_name, how)
-            SELECT u.fleet_id, u.last_number, 'assigned', now(), session_user,
-                   current_setting('application_name'), 'next' FROM u)
-        SELECT u.last_number, u.code, u.max_drivers, u.assigned FROM u
-        INTO num, code, max_drivers, assigned;
-        IF num IS NOT NULL THEN
-            IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-                PERFORM set_config('synchronous_commit', 'on', true);
-            END IF;
-            IF assigned * 10 >= max_drivers * 8 THEN
-                PERFORM idmint._capacity_alert('fleet', to_jsonb(code), max_drivers, assigned - 1,
-                                               assigned, '{0.8,0.9,1.0}');
-            END IF;
-            RETURN 'DRV-' || lpad(num::text, 3, '0') || code;
-        END IF;
-    END IF;
-    RETURN idmint.next_driver_id(fleet, request_key);
-END
-$$;
 
--- v4: v3 with the counter in a narrow table of its own (no text columns, no regex CHECK
--- re-evaluated on every counter update). Same ledger INSERT into idmint.driver_numbers.
-CREATE TABLE bench.fleet_counters (
-    fleet_id uuid PRIMARY KEY, max_drivers integer NOT NULL,
-    last_number integer NOT NULL DEFAULT 0, assigned integer NOT NULL DEFAULT 0,
-    unassigned integer NOT NULL DEFAULT 0);
-INSERT INTO bench.fleet_counters (fleet_id, max_drivers) SELECT fleet_id, max_drivers FROM idmint.fleets;
-CREATE FUNCTION bench.next_v4(fleet uuid, request_key text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    num integer; max_drivers integer; assigned integer;
-BEGIN
-    IF request_key IS NULL THEN
-        WITH u AS (
-            UPDATE bench.fleet_counters f
-            SET last_number = f.last_number + 1, assigned = f.assigned + 1
-            WHERE f.fleet_id = next_v4.fleet AND f.unassigned = 0 AND f.last_number < f.max_drivers
-            RETURNING f.fleet_id, f.last_number, f.max_drivers, f.assigned),
-        i AS (
-            INSERT INTO idmint.driver_numbers (fleet_id, number, state, assigned_at, issued_by,
-                                               application_name, how)
-            SELECT u.fleet_id, u.last_number, 'assigned', now(), session_user,
-                   current_setting('application_name'), 'next' FROM u)
-        SELECT u.last_number, u.max_drivers, u.assigned FROM u INTO num, max_drivers, assigned;
-        IF num IS NOT NULL THEN
-            IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-                PERFORM set_config('synchronous_commit', 'on', true);
-            END IF;
-            -- (the capacity alert and the code lookup would follow here, after the lock)
-            RETURN 'DRV-' || lpad(num::text, 3, '0');
-        END IF;
-    END IF;
-    RETURN idmint.next_driver_id(fleet, request_key);
-END
-$$;
+def _backend_cpu_s(pid: int) -> float:
+    # /proc/<pid>/stat fields 14 and 15: utime and stime in clock ticks.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
--- Peers with the same shape as idmint's work: counter + ledger row.
-CREATE TABLE bench.ledger (scope integer, v bigint, at timestamptz, PRIMARY KEY (scope, v));
-CREATE FUNCTION bench.raw_plus_ledger(s integer) RETURNS bigint
-LANGUAGE sql VOLATILE
-AS $$
-    WITH u AS (UPDATE bench.counters SET v = v + 1 WHERE scope = s RETURNING scope, v),
-         i AS (INSERT INTO bench.ledger SELECT u.scope, u.v, now() FROM u)
-    SELECT v FROM u
-$$;
-"""
+
+def cpu_per_call(
+    conn: psycopg.Connection[Any], rounds: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Median backend CPU and WAL per call of each entry of CPU_CALLS (rounds interleaved)."""
+    conn.execute(
+        "CREATE TABLE bench.cpu_fleets AS SELECT row_number() OVER () AS i, fleet_id, code"
+        " FROM (SELECT fleet_id, code FROM bench.pool WHERE grp = %s ORDER BY w LIMIT %s) p",
+        [driver.BULK, CPU_FLEETS],
+    )
+    conn.execute(
+        "INSERT INTO bench.fleets_checked (fleet_id, code, name, max_drivers)"
+        " SELECT fleet_id, code, name, max_drivers FROM idmint.fleets"
+        " ON CONFLICT DO NOTHING"
+    )
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    pid = int(row[0])
+    local = Path(f"/proc/{pid}/stat").exists()
+    cpu: dict[str, list[float]] = {k: [] for k in CPU_CALLS}
+    wal: dict[str, list[float]] = {k: [] for k in CPU_CALLS}
+    for _ in range(rounds):
+        for name, call in CPU_CALLS.items():
+            block = (
+                "DO $$DECLARE r record; BEGIN FOR r IN SELECT fleet_id, code FROM bench.cpu_fleets"
+                f" ORDER BY i LOOP {call}; END LOOP; END$$"
+            )
+            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+            assert lsn is not None
+            t0 = _backend_cpu_s(pid) if local else time.process_time()
+            w0 = time.perf_counter()
+            conn.execute(block)
+            spent = (_backend_cpu_s(pid) - t0) if local else time.perf_counter() - w0
+            cpu[name].append(spent / CPU_FLEETS * 1e6)
+            b = conn.execute(
+                "SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", [str(lsn[0])]
+            ).fetchone()
+            assert b is not None
+            wal[name].append(float(b[0]) / CPU_FLEETS)
+    base = statistics.median(cpu["ledgered counter"]) or float("nan")
+    out: dict[str, Any] = {"measure": "backend CPU" if local else "wall clock", "calls": {}}
+    for name in CPU_CALLS:
+        us = statistics.median(cpu[name])
+        out["calls"][name] = {
+            "us_per_call": round(us, 1),
+            "x_ledgered": round(us / base, 2),
+            "wal_bytes_per_call": round(statistics.median(wal[name])),
+        }
+        log(
+            f"  cpu {name:<42} {us:7.1f} us/call ({us / base:4.2f}x ledgered)"
+            f"  wal {statistics.median(wal[name]):5.0f} B/call"
+        )
+    return out
 
 
 def _top_statements(conn: psycopg.Connection[Any], limit: int = 8) -> list[dict[str, Any]]:
@@ -195,7 +142,7 @@ def _explain(conn: psycopg.Connection[Any], fleet: str) -> list[str]:
             " application_name, how) VALUES (%(f)s, 998, 'assigned', now(), session_user,"
             " current_setting('application_name'), 'next')",
             "SELECT idmint.next_driver_id(%(f)s::uuid)",
-            "UPDATE bench.counters SET v = v + 1 WHERE scope = 1 RETURNING v",
+            "UPDATE bench.lcounters SET v = v + 1 WHERE scope = 'XXX' AND v < 999 RETURNING v",
         ):
             plan = conn.execute(
                 "EXPLAIN (ANALYZE, BUFFERS, WAL, TIMING, SUMMARY) " + sql, {"f": fleet}
@@ -218,7 +165,10 @@ def run(
     hot = gs[driver.HOT]
     out: dict[str, Any] = {"runs": {}}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(VARIANTS)
+        conn.execute(VARIANTS.read_text(encoding="utf-8"))
+        driver.reset(conn)
+        out["cpu"] = cpu_per_call(conn, max(3, reps * 2), log)
+        driver.reset(conn)
         fleet = conn.execute(
             "SELECT fleet_id::text FROM bench.pool WHERE grp = 2 ORDER BY w DESC LIMIT 1"
         ).fetchone()
@@ -229,17 +179,12 @@ def run(
 
         def scripts_for(g: driver.Group) -> dict[str, str]:
             pick = driver.pick_fleet(g)
-            lookup = driver.lookup(g, "fleet_id")
-            scope = driver.lookup(g, "scope")
             return {
-                "idmint": pick + f"SELECT idmint.next_driver_id({lookup});\n",
-                "v1 (helpers inlined)": pick + f"SELECT bench.next_v1({lookup});\n",
-                "v2 (one SQL statement)": pick + f"SELECT bench.next_v2({lookup});\n",
-                "v3 (v2 inside plpgsql)": pick + f"SELECT bench.next_v3({lookup});\n",
-                "v4 (v3 + narrow counter table)": pick + f"SELECT bench.next_v4({lookup});\n",
-                "raw": pick
-                + f"UPDATE bench.counters SET v = v + 1 WHERE scope = {scope} RETURNING v;\n",
-                "raw + ledger row": pick + f"SELECT bench.raw_plus_ledger({scope});\n",
+                "idmint": driver.script("idmint", g),
+                "idmint (code)": pick
+                + f"SELECT idmint.next_driver_id({driver.lookup(g, 'code')});\n",
+                "ledgered counter": driver.script("ledger", g),
+                "bare counter": driver.script("raw", g),
             }
 
         plan: list[tuple[str, int, str, str]] = []
@@ -247,28 +192,22 @@ def run(
             for name, text in scripts_for(hot).items():
                 plan.append(("hot", clients, name, text))
         for name, text in scripts_for(gs[driver.SPREAD]).items():
-            if not name.startswith("v2"):
-                plan.append(("100 fleets", 32, name, text))
+            plan.append(("100 fleets", 32, name, text))
         for rep in range(reps):
             for scen, clients, name, text in plan:
                 driver.reset(conn)
-                conn.execute("TRUNCATE bench.ledger")
-                conn.execute(
-                    "UPDATE bench.fleet_counters SET last_number = 0, assigned = 0"
-                    " WHERE last_number <> 0"
-                )
-                conn.execute("VACUUM bench.fleet_counters")
                 conn.execute("SELECT pg_stat_statements_reset()")
                 conn.execute("SELECT pg_stat_reset()")
                 r = driver.run_pgbench(pgbench, parts, text, clients, seconds, 1)
-                check = driver.verify(conn, "raw" if name.startswith("raw") else "idmint", r)
+                peer = {"ledgered counter": "ledger", "bare counter": "raw"}.get(name, "idmint")
+                check = driver.verify(conn, peer, r)
                 entry = out["runs"].setdefault(f"{scen}: {name} @ {clients}", {"ids_per_s": []})
                 entry["ids_per_s"].append(r["ids_per_s"])
                 if rep == 0:
                     entry["statements"] = _top_statements(conn)
                     entry["functions"] = _functions(conn)
                 log(
-                    f"  rep {rep + 1} {scen} {clients:>2} clients {name:<30}"
+                    f"  rep {rep + 1} {scen} {clients:>2} clients {name:<18}"
                     f" {r['ids_per_s']:>8,.0f} IDs/s"
                     f"  latency {r['latency_avg_ms']} ms{'' if check else '  (NOT VERIFIED)'}"
                 )
@@ -284,5 +223,5 @@ def run(
         for key, entry in out["runs"].items():
             vals = sorted(entry["ids_per_s"])
             entry["median_ids_per_s"] = vals[len(vals) // 2]
-            log(f"  median {key:<48} {entry['median_ids_per_s']:>8,.0f} IDs/s")
+            log(f"  median {key:<40} {entry['median_ids_per_s']:>8,.0f} IDs/s")
     return out

@@ -1,19 +1,30 @@
 -- Fleets and the driver-number ledger.
 
+-- Only idmint's functions write these two tables (contract §0), and every allocation
+-- writes both. PostgreSQL 15 re-reads and re-plans each CHECK constraint of a table on
+-- every INSERT or UPDATE (stringToNode + expression_planner per statement): the nine
+-- column and row checks these tables had were a third of next_driver_id's CPU (profile in
+-- docs/BENCHMARKS.md). So the values are validated where they enter (add_fleet, _issue,
+-- reset_driver_sequence, the holder rule), tests/test_driver_ids.py checks the row
+-- invariants after every kind of change, and the one CHECK kept is the cap itself: no
+-- counter beyond max_drivers (so no number above it), whatever a bug might do.
 CREATE TABLE idmint.fleets (
     fleet_id    uuid        PRIMARY KEY,
-    code        text        NOT NULL UNIQUE CHECK (code ~ '^[A-HJ-NP-Z2-9]{3}$'),
-    name        text        NOT NULL CHECK (name <> ''),
-    max_drivers integer     NOT NULL CHECK (max_drivers BETWEEN 1 AND 999),
+    code        text        NOT NULL UNIQUE,  -- ^[A-HJ-NP-Z2-9]{3}$, checked by add_fleet
+    name        text        NOT NULL,         -- 1..200 characters, checked by add_fleet
+    max_drivers integer     NOT NULL,         -- 1..999, checked by add_fleet
     created_at  timestamptz NOT NULL DEFAULT now(),
     -- The counter: the highest number handed out as new (or set by a reset).
     last_number integer     NOT NULL DEFAULT 0,
     -- Kept in step with driver_numbers under this row's lock, so capacity is cheap
     -- and the common allocation (nothing reserved or freed) is a single UPDATE.
-    assigned    integer     NOT NULL DEFAULT 0 CHECK (assigned >= 0),
-    unassigned  integer     NOT NULL DEFAULT 0 CHECK (unassigned >= 0),
+    assigned    integer     NOT NULL DEFAULT 0,
+    unassigned  integer     NOT NULL DEFAULT 0,
     CHECK (last_number BETWEEN 0 AND max_drivers)
-);
+)
+-- Room on each page for the row's next versions: the counter UPDATE stays HOT (no new
+-- entries in the two indexes, inside the fleet lock) and writes about half the WAL.
+WITH (fillfactor = 50);
 COMMENT ON TABLE idmint.fleets IS 'Fleets, each with its gapless driver-number counter';
 
 -- One row per number a fleet has handed out. A 'free' row is a number that was
@@ -23,8 +34,9 @@ CREATE TABLE idmint.driver_numbers (
     -- hold locked, and fleets are never deleted. The RI check cost ~40 us inside the
     -- fleet lock on every allocation (bench/profile.json).
     fleet_id         uuid        NOT NULL,
-    number           integer     NOT NULL CHECK (number BETWEEN 1 AND 999),
-    state            text        NOT NULL CHECK (state IN ('reserved', 'assigned', 'free')),
+    number           integer     NOT NULL,  -- 1..max_drivers: from the counter
+    -- reserved (expires_at set), assigned (assigned_at set; bound only then) or free.
+    state            text        NOT NULL,
     request_key      text,
     reserved_by      text,
     -- The reservation named its holder (reserved_by given): only that holder may confirm
@@ -37,10 +49,7 @@ CREATE TABLE idmint.driver_numbers (
     application_name text,
     how              text,        -- next, bulk, reserve, confirm
     bound            boolean     NOT NULL DEFAULT false,  -- an app row carries it (trigger)
-    PRIMARY KEY (fleet_id, number),
-    CHECK ((state = 'reserved') = (expires_at IS NOT NULL)),
-    CHECK ((state = 'assigned') = (assigned_at IS NOT NULL)),
-    CHECK (NOT bound OR state = 'assigned')
+    PRIMARY KEY (fleet_id, number)
 );
 COMMENT ON TABLE idmint.driver_numbers IS 'Every driver number issued, reserved or freed, per fleet';
 

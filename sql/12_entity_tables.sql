@@ -41,19 +41,24 @@ COMMENT ON TABLE idmint.entity_ranges IS
 -- 200 shards per type, each owning 5 000 numbers of the secret partition. A transaction
 -- that issues from a shard holds the shard's row lock to its end; other issuers skip it
 -- (FOR UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
--- once per transaction, at commit (trigger entity_shards_flush), never per call.
+-- once per transaction, at commit (trigger entity_shards_flush), from the rows the
+-- transaction inserted into entity_numbers, never per call and never from a value an app
+-- could set.
 CREATE TABLE idmint.entity_shards (
     prefix  integer  NOT NULL,
     shard   smallint NOT NULL CHECK (shard BETWEEN 0 AND 199),
     issued  integer  NOT NULL DEFAULT 0 CHECK (issued BETWEEN 0 AND 5000),
     -- The shard's free numbers are listed in idmint.entity_free (from 75 % full on).
     deck    boolean  NOT NULL DEFAULT false,
-    -- True between a transaction's first issue from the shard and its commit-time count.
-    pending boolean  NOT NULL DEFAULT false,
+    -- The transaction that took the shard (with its row lock) and whose commit-time count
+    -- is queued; NULL once counted. Generators insert only into shards they are holder of.
+    holder  xid8,
     PRIMARY KEY (prefix, shard)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE idmint.entity_shards IS
-    'Entity type shards: committed count, deck flag; the row lock marks the transaction issuing from it';
+    'Entity type shards: committed count, deck flag, the transaction holding the shard (row lock) until its commit-time count';
+-- The shards a transaction holds (a few rows at any time).
+CREATE INDEX entity_shards_holder ON idmint.entity_shards (holder) WHERE holder IS NOT NULL;
 
 INSERT INTO idmint.entity_ranges (prefix, name) VALUES
     (1, 'part'), (2, 'material'), (3, 'batch'), (4, 'order'), (5, 'quote');
@@ -72,9 +77,11 @@ CREATE TABLE idmint.entity_numbers (
     issued_at   timestamptz NOT NULL,
     how         text        NOT NULL,  -- gen, claim, bind (by the trigger), backfill
     issued_by   text        NOT NULL,
-    -- Lets _unissue_entity_numbers touch only numbers of the calling transaction.
+    -- The issuing transaction: its commit-time count reads its rows by this column, and
+    -- _unissue_entity_numbers touches only numbers of the calling transaction.
     issued_xid  xid8        NOT NULL
 );
+CREATE INDEX entity_numbers_issued_xid ON idmint.entity_numbers (issued_xid);
 COMMENT ON TABLE idmint.entity_numbers IS
     'Every entity number issued: when, how (gen, claim, bind = by the trigger, backfill), by whom, and when an app row bound it';
 

@@ -40,14 +40,19 @@ $$;
 COMMENT ON FUNCTION idmint.gen_fleet_code() IS
     'A random fleet code not yet used (not reserved: add_fleet may still find it taken); ID005 when none is left';
 
+-- What add_fleet returns (contract §6): the fleet as apps see it, not its internal counters.
+CREATE TYPE idmint.new_fleet AS (fleet_id uuid, code text, name text, max_drivers integer,
+                                 created_at timestamptz);
+COMMENT ON TYPE idmint.new_fleet IS 'The row idmint.add_fleet returns';
+
 CREATE FUNCTION idmint.add_fleet(name text, code text DEFAULT NULL, max_drivers integer DEFAULT 999,
                                  fleet_id uuid DEFAULT NULL)
-RETURNS idmint.fleets
+RETURNS idmint.new_fleet
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    created idmint.fleets;
+    created idmint.new_fleet;
     new_code text;
 BEGIN
     IF name IS NULL OR name = '' THEN
@@ -70,7 +75,7 @@ BEGIN
         INSERT INTO idmint.fleets AS f (fleet_id, code, name, max_drivers)
         VALUES (coalesce(add_fleet.fleet_id, gen_random_uuid()), new_code, add_fleet.name, add_fleet.max_drivers)
         ON CONFLICT DO NOTHING
-        RETURNING f.* INTO created;
+        RETURNING f.fleet_id, f.code, f.name, f.max_drivers, f.created_at INTO created;
         IF created.fleet_id IS NOT NULL THEN
             RETURN created;
         END IF;

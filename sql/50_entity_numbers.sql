@@ -9,16 +9,20 @@
 --    transaction's uncommitted number. A call waits only when the shards nobody holds
 --    cannot supply it; then it locks the rest in shard order and decides on committed
 --    state (ID005). A transaction keeps using the shards it holds for its later calls.
---  * Counts. entity_shards.issued counts a shard's committed numbers. A transaction keeps
---    its own counts in a transaction-local setting and adds them to its shards once, at
---    commit (a deferred constraint trigger), so a call writes no counter row and a column
---    DEFAULT never updates a row once per inserted row. entity_capacity sums the shards.
+--  * Counts. entity_shards.issued counts a shard's committed numbers. Taking a shard
+--    makes the transaction its holder (entity_shards.holder), which queues a deferred
+--    constraint trigger; at commit it counts the transaction's rows in entity_numbers
+--    (issued_xid) into its shards. So a call writes no counter row, a column DEFAULT never
+--    updates a row per inserted row, and no app can misstate a count. entity_capacity sums
+--    the shards. How many numbers a transaction took from each shard is also kept as a
+--    hint in a transaction-local setting, read by its own later calls only.
 --  * Within a shard: random members with an index probe while it keeps 1 250 free (at
 --    most 4 probes per number); then a deck of its free numbers, each at a secret random
 --    position, built once (bounded by the shard: 5 000 probes); a call deals the run of
 --    cards from a fresh random point on, so there is no cursor a rollback could reveal.
 --  * Numbers come out in draw order (random). Claims take the number's own shard (and
---    wait if another open transaction holds it); un-issues put numbers back.
+--    wait if another open transaction holds it: see _claim_entity_number); un-issues put
+--    numbers back.
 -- Randomness: gen_random_uuid() (the server's strong random source; setseed() and
 -- random() play no part). Each uuid yields six independent uniform 20-bit values; values
 -- outside the wanted range are rejected, so every draw is exactly uniform.
@@ -40,7 +44,9 @@ BEGIN
         ((get_byte(u.b, 11) & 15) << 16) | (get_byte(u.b, 12) << 8) | get_byte(u.b, 13),
         (get_byte(u.b, 5) << 12) | (get_byte(u.b, 7) << 4) | (get_byte(u.b, 6) & 15),
         ((get_byte(u.b, 8) & 63) << 14) | (get_byte(u.b, 14) << 6) | (get_byte(u.b, 15) >> 2)])
-    FROM (SELECT uuid_send(gen_random_uuid()) AS b FROM generate_series(1, (m + 5) / 6)) AS u;
+    -- OFFSET 0 keeps the subquery apart: pulled up, every use of b would call
+    -- gen_random_uuid() again (18 uuids for six values instead of one).
+    FROM (SELECT uuid_send(gen_random_uuid()) AS b FROM generate_series(1, (m + 5) / 6) OFFSET 0) AS u;
 END
 $$;
 COMMENT ON FUNCTION idmint._random_draws(integer) IS
@@ -108,44 +114,21 @@ COMMENT ON FUNCTION idmint._entity_prefix(text) IS
 
 -- Where shard s keeps its q-th number (q in 0..4999): the secret partition key maps the
 -- 6-digit part v = q * 200 + r to shard (K1[r] + K2[q % 100] + K3[q / 100]) % 200, so each
--- shard owns exactly one r per q, i.e. r = K1inv[(s - K2[q % 100] - K3[q / 100]) mod 200].
--- The hot paths inline the same expression (a function call per number costs more).
-CREATE FUNCTION idmint._entity_member(key bytea, shard integer, q integer) RETURNS integer
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT q * 200 + get_byte(key, 200 + ((shard - get_byte(key, 400 + q % 100) - get_byte(key, 500 + q / 100)) % 200 + 400) % 200)
-$$;
-COMMENT ON FUNCTION idmint._entity_member(bytea, integer, integer) IS
-    'The 6-digit part of the q-th number (0..4999) of a shard under a partition key';
+-- shard owns exactly one r per q, i.e. r = K1inv[(s - K2[q % 100] - K3[q / 100]) mod 200]:
+--   member: q * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + q % 100) - get_byte(key, 500 + q / 100)) % 200 + 400) % 200)
+--   shard of v: (get_byte(key, v % 200) + get_byte(key, 400 + (v / 200) % 100) + get_byte(key, 500 + v / 20000)) % 200
+-- The statements inline these expressions: a function call per number costs more than
+-- the rest of the work (every function pins search_path, see docs/DESIGN.md).
 
-CREATE FUNCTION idmint._entity_shard_of(key bytea, v integer) RETURNS integer
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT (get_byte(key, v % 200) + get_byte(key, 400 + (v / 200) % 100) + get_byte(key, 500 + v / 20000)) % 200
-$$;
-COMMENT ON FUNCTION idmint._entity_shard_of(bytea, integer) IS
-    'The shard (0..199) that owns the 6-digit part v of a number under a partition key';
-
--- This transaction's view of a type's shards lives in the transaction-local setting
--- idmint.entity_<prefix>: one row {shard, issued (committed, read when the shard was
--- locked), mine (issued by this transaction since), deck (0/1), armed (0/1: a commit-time
--- count is queued)} per shard the transaction holds, the most recently taken last.
--- set_config(..., true) settings end with the transaction and are undone by a rolled-back
--- savepoint, exactly like the rows and row locks they describe.
-CREATE FUNCTION idmint._entity_state(prefix integer) RETURNS integer[]
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    setting text := current_setting('idmint.entity_' || prefix, true);
-BEGIN
-    RETURN CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
-END
-$$;
-COMMENT ON FUNCTION idmint._entity_state(integer) IS
-    'This transaction''s held shards of an entity type: rows {shard, issued, mine, deck, armed}';
+-- A transaction's shards of a type. What it holds is in entity_shards (holder = its xid,
+-- with the row lock): only idmint writes there, so the shards an issuer inserts into and
+-- whether they have a deck can never be misstated. How many numbers it issued from each
+-- is a hint kept in the transaction-local setting idmint.entity_<prefix>, rows
+-- {shard, issued (committed, when taken), mine (issued since), deck (0/1)}, the most
+-- recently taken last; set_config(..., true) ends with the transaction and is undone by a
+-- rolled-back savepoint, like the rows it describes. An app can overwrite the hint
+-- (SET LOCAL): that misleads only its own calls (a wrong plan, at worst ID005 for itself),
+-- never the committed counts, which the commit-time count takes from the rows themselves.
 
 -- A secret random deck position: 60 bits from the strong source.
 CREATE FUNCTION idmint._random_pos() RETURNS bigint
@@ -158,29 +141,15 @@ AS $$
 $$;
 COMMENT ON FUNCTION idmint._random_pos() IS 'A uniformly random 60-bit deck position from gen_random_uuid()';
 
--- Save the state and queue the commit-time count of the shards not armed yet (and mark new
--- decks). The state is written first: under SET CONSTRAINTS ALL IMMEDIATE the count runs
--- at the end of the UPDATE and must find it.
-CREATE FUNCTION idmint._entity_save(prefix integer, st integer[], arm integer[], newdeck integer[])
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM set_config('idmint.entity_' || prefix, st::text, true);
-    IF cardinality(arm) > 0 OR cardinality(newdeck) > 0 THEN
-        UPDATE idmint.entity_shards x SET pending = true, deck = x.deck OR x.shard = ANY (newdeck)
-        WHERE x.prefix = _entity_save.prefix AND x.shard = ANY (arm || newdeck);
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION idmint._entity_save(integer, integer[], integer[], integer[]) IS
-    'Store this transaction''s shard state of a type and queue the commit-time count of newly used shards';
 
 -- Build a shard's deck: its free numbers, each under a secret random 60-bit position
 -- (bounded: 5 000 probes and at most 1 250 cards, once per shard). `expected` is the free
 -- count the shard state says; a mismatch is an internal inconsistency, never ignored.
-CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bytea, expected integer)
+-- `taken`: the shard held no number before the calling statement took exactly these (the
+-- caller knows: it took the empty shard itself), so the free ones are the other members,
+-- found with a hash anti-join instead of 5 000 index probes.
+CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bytea, expected integer,
+                                          taken integer[] DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -197,7 +166,9 @@ BEGIN
           FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
                            - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
                 FROM generate_series(0, 4999) AS q) m
-          WHERE (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL) x;
+          -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
+          WHERE CASE WHEN taken IS NULL THEN (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL
+                     ELSE m.number NOT IN (SELECT unnest(taken)) END) x;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF got <> expected THEN
         PERFORM idmint._error('entity_range_exhausted',
@@ -205,74 +176,159 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer) IS
+COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer, integer[]) IS
     'Build the deck of a shard (its free numbers at secret random positions); ID005 if the count disagrees';
 
--- The fast path for one number (column DEFAULTs, the trigger), used while the shard this
--- transaction took last keeps sparse room; NULL otherwise (the caller then takes the
--- general path). A uuid gives six random 20-bit values; each one below 1045000 (so that
--- v % 5000 is uniform) names a random member of the shard, and the first free one is
--- inserted. ON CONFLICT never waits here: only this transaction inserts into the shard.
--- Few statements on purpose: at one number per call, each statement is the cost.
-CREATE FUNCTION idmint._issue_one(prefix integer, key bytea, how text, bind boolean) RETURNS text
+-- How many numbers this transaction holds in a shard (its rows; few for a fresh one).
+-- Taking a shard whose commit-time count already ran in this transaction (after SET
+-- CONSTRAINTS ALL IMMEDIATE, or when issuing from a commit-time trigger) takes those
+-- rows back out of `issued`, so that the next count can add all of them again: a
+-- transaction's count needs no memory of an earlier one. The callers only ask when the
+-- transaction has issued something and is not the shard's holder.
+CREATE FUNCTION idmint._entity_mine(prefix integer, shard integer) RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT count(*)::integer
+    FROM idmint.entity_numbers e JOIN idmint.entity_ranges r ON r.prefix = _entity_mine.prefix
+    WHERE e.issued_xid = pg_current_xact_id()
+      AND e.number BETWEEN _entity_mine.prefix * 1000000 AND _entity_mine.prefix * 1000000 + 999999
+      AND (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
+           + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200 = _entity_mine.shard
+$$;
+COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
+    'The numbers this transaction issued in a shard (its rows)';
+
+-- Take one shard of a type with sparse room (at least 1 250 free, no deck, not in
+-- `held`), picked with probability proportional to its free numbers: 24 random
+-- (shard, u) pairs from the strong source, the first shard with u * 5 000 < free that
+-- nobody holds (FOR UPDATE SKIP LOCKED: never waits) -- 24 index probes instead of
+-- reading, weighting and sorting all 200 shard rows. This transaction becomes its holder
+-- in the same statement (which queues its commit-time count; the caller has said SET
+-- CONSTRAINTS ... DEFERRED). `maybe_mine`: the transaction may have issued numbers
+-- already (then those of a shard it counted already come back out of issued, see
+-- _entity_mine). Returns its hint row {{shard, issued, 0, 0}}, or NULL when
+-- no draw qualified (past about 70 % fill): then the caller's full weighted pick.
+CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[], maybe_mine boolean) RETURNS integer[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    setting text := current_setting('idmint.entity_' || prefix, true);
+    taken integer[];
+BEGIN
+    WITH c AS MATERIALIZED (
+        SELECT (v % 200)::smallint AS shard, w, i
+        FROM (SELECT (get_byte(u.b, o) << 8 | get_byte(u.b, o + 1)) AS v,
+                     (get_byte(u.b, o + 9) << 8 | get_byte(u.b, o + 10)) AS w,
+                     row_number() OVER () AS i
+              FROM (SELECT uuid_send(gen_random_uuid()) AS b FROM generate_series(1, 8) OFFSET 0) u,
+                    unnest('{0,2,4}'::integer[]) AS o) d
+        WHERE v < 65400
+    ), z AS (
+        -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
+        SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
+        WHERE x.prefix = _entity_take_sparse.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
+          AND x.issued < 5000 - 1250 AND NOT x.deck AND x.shard <> ALL (held)
+          AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
+        ORDER BY c.i
+        LIMIT 1
+        FOR UPDATE OF x SKIP LOCKED
+    ), a AS (
+        UPDATE idmint.entity_shards x
+        SET holder = pg_current_xact_id(),
+            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM pg_current_xact_id()
+                                     THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
+        FROM z
+        WHERE x.prefix = z.prefix AND x.shard = z.shard
+        RETURNING x.shard, z.issued  -- as committed (with this transaction's counted rows)
+    )
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, 0]) INTO taken FROM a;
+    RETURN taken;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean) IS
+    'Take (hold) one unheld shard with sparse room, weighted by free numbers, without waiting; its hint row, or NULL';
+
+-- One number: the implementation behind gen_entity_number and the trigger; `entity` is
+-- a one-digit prefix or a type name. Fast path while the shard this transaction took last
+-- keeps sparse room (by the hint; a transaction's first number of the type takes such a
+-- shard first, with _entity_take_sparse): a random member of the shard is inserted by a single
+-- INSERT ... SELECT that also checks, in the table, that this transaction holds the shard,
+-- that it has no deck and (for a name) that the type has this name. So whatever an app
+-- sets the hint or the name cache to, the fast path never inserts where it must not; a
+-- check that fails just leads to the general path. ON CONFLICT never waits here: nobody
+-- else inserts into a held shard. A uuid gives six 16-bit values (values of 65 000 and more
+-- are dropped, so that v % 5 000 is uniform); after 12 candidates: the general path.
+-- One small statement and no nested idmint call on purpose: on PostgreSQL 15 every call
+-- of a function that pins search_path costs about as much as the insert, and a statement
+-- costs mostly its executor start-up (docs/DESIGN.md).
+CREATE FUNCTION idmint._issue_entity_number(entity text, how text, bind boolean) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    by_name constant boolean := entity !~ '^[0-9]$';
+    -- A type name's prefix, cached per session (checked by the insert, so never trusted).
+    cache constant text := CASE WHEN by_name THEN 'idmint.entity_type_' || md5(entity) END;
+    p integer := CASE WHEN by_name THEN nullif(current_setting(cache, true), '')::integer ELSE entity::integer END;
+    setting text := current_setting('idmint.entity_' || p, true);
     st integer[];
     j integer;
-    s integer;
     b bytea;
     v integer;
     got integer;
 BEGIN
     IF setting IS NULL OR setting = '' THEN
-        RETURN NULL;
-    END IF;
-    st := setting::integer[];
-    j := array_length(st, 1);
-    IF st[j][4] <> 0 OR 5000 - st[j][2] - st[j][3] <= 1250 THEN  -- sizes as in _issue_entity_numbers
-        RETURN NULL;
-    END IF;
-    s := st[j][1];
-    <<draw>>
-    LOOP
-        b := uuid_send(gen_random_uuid());
-        FOR t IN 0 .. 5 LOOP
-            v := CASE t
-                WHEN 0 THEN (get_byte(b, 0) << 12) | (get_byte(b, 1) << 4) | (get_byte(b, 2) >> 4)
-                WHEN 1 THEN ((get_byte(b, 2) & 15) << 16) | (get_byte(b, 3) << 8) | get_byte(b, 4)
-                WHEN 2 THEN (get_byte(b, 9) << 12) | (get_byte(b, 10) << 4) | (get_byte(b, 11) >> 4)
-                WHEN 3 THEN ((get_byte(b, 11) & 15) << 16) | (get_byte(b, 12) << 8) | get_byte(b, 13)
-                WHEN 4 THEN (get_byte(b, 5) << 12) | (get_byte(b, 7) << 4) | (get_byte(b, 6) & 15)
-                ELSE ((get_byte(b, 8) & 63) << 14) | (get_byte(b, 14) << 6) | (get_byte(b, 15) >> 2) END;
-            CONTINUE WHEN v >= 1045000;
-            v := v % 5000;
-            INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
-            VALUES (prefix * 1000000 + v * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + v % 100)
-                        - get_byte(key, 500 + v / 100)) % 200 + 400) % 200),
-                    CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, pg_current_xact_id())
-            ON CONFLICT DO NOTHING
-            RETURNING e.number INTO got;
-            EXIT draw WHEN got IS NOT NULL;
-        END LOOP;
-    END LOOP;
-    st[j][3] := st[j][3] + 1;
-    IF st[j][5] = 0 THEN
-        st[j][5] := 1;
-        PERFORM idmint._entity_save(prefix, st, ARRAY[s], '{}');
+        -- This transaction's first number of the type: take a shard with sparse room here
+        -- (the general path would cost a dozen statements more).
+        SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+        -- (No xid before this call: no numbers of this transaction anywhere.)
+        st := idmint._entity_take_sparse(p, '{}', pg_current_xact_id_if_assigned() IS NOT NULL);
     ELSE
-        PERFORM set_config('idmint.entity_' || prefix, st::text, true);
+        st := setting::integer[];
     END IF;
-    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-        PERFORM idmint._durable();
+    j := array_length(st, 1);
+    IF j > 0 THEN
+        IF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 THEN  -- sizes as in _issue_entity_numbers
+            <<draw>>
+            FOR attempt IN 1 .. 2 LOOP
+                b := uuid_send(gen_random_uuid());
+                -- Bytes 0..5 and 9..14: not the version (6) and variant (8) bits.
+                FOREACH v IN ARRAY ARRAY[get_byte(b, 0) << 8 | get_byte(b, 1), get_byte(b, 2) << 8 | get_byte(b, 3),
+                                         get_byte(b, 4) << 8 | get_byte(b, 5), get_byte(b, 9) << 8 | get_byte(b, 10),
+                                         get_byte(b, 11) << 8 | get_byte(b, 12), get_byte(b, 13) << 8 | get_byte(b, 14)] LOOP
+                    CONTINUE WHEN v >= 65000;
+                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
+                    SELECT p * 1000000 + v % 5000 * 200 + get_byte(r.shard_key, 200 + ((x.shard
+                               - get_byte(r.shard_key, 400 + v % 5000 % 100) - get_byte(r.shard_key, 500 + v % 5000 / 100)) % 200 + 400) % 200),
+                           CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, x.holder
+                    FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix
+                    WHERE x.prefix = p AND x.shard = st[j][1] AND x.holder = pg_current_xact_id() AND NOT x.deck
+                      AND (r.name = entity OR NOT by_name)
+                    ON CONFLICT DO NOTHING
+                    RETURNING e.number INTO got;
+                    IF got IS NOT NULL THEN
+                        st[j][3] := st[j][3] + 1;
+                        setting := set_config('idmint.entity_' || p, st::text, true);
+                        IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                            setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
+                        END IF;
+                        RETURN got::text;
+                    END IF;
+                END LOOP;
+            END LOOP;
+        END IF;
     END IF;
-    RETURN got::text;
+    p := idmint._entity_prefix(entity);  -- raises ID003 / ID008
+    IF by_name THEN
+        setting := set_config(cache, p::text, false);
+    END IF;
+    RETURN (SELECT x FROM idmint._issue_entity_numbers(p, 1, how, bind) AS x);
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_one(integer, bytea, text, boolean) IS
-    'Fast path: one number from the shard this transaction holds last while it has sparse room; NULL when the general path is needed';
+COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
+    'One number of a type given as a one-digit text or a name (gen_entity_number, the trigger): from the shard this transaction holds while it has sparse room, else the general path';
+
 
 -- The one allocator. Issues n numbers of type `prefix` (checked here: ID003 outside 1..9,
 -- ID008 unregistered; n first, so a huge n fails at once) in the caller's transaction and
@@ -293,9 +349,11 @@ DECLARE
     -- probes per number); below, it deals from its deck (built once: at most 1 250 cards).
     -- Measured (50 000-number steps): from 50 % on, twice as many calls build decks.
     sparse_min constant integer := 1250;
+    me constant xid8 := pg_current_xact_id();
     base integer;
     key bytea;
     st integer[];
+    hint integer[];
     take integer[] := '{}';
     fresh integer[];
     held integer[];
@@ -308,13 +366,13 @@ DECLARE
     need integer;
     got integer;
     j integer;
-    got_text text;
     setting text;
     total integer;
     kk integer;
     share integer;
     rest integer;
     draws integer;
+    rounds integer;
     lim integer;
     start bigint;
     last_pos bigint;
@@ -322,9 +380,10 @@ DECLARE
     got_nums integer[];
     shard_nums integer[];
     free_now integer;
-    arm integer[] := '{}';
     newdeck integer[] := '{}';
     late integer[] := '{}';
+    taken_now integer[] := '{}';  -- shards this call took (their state is known exactly)
+    has_rows boolean;
     free_left bigint;
     type_name text;
     ts constant timestamptz := statement_timestamp();
@@ -343,18 +402,26 @@ BEGIN
         PERFORM idmint._entity_prefix(p);  -- ID008
     END IF;
     base := p * 1000000;
-    -- (_entity_state inlined: each call of a function that pins search_path is costly.)
+    -- The shards taken below queue their commit-time count; it must run at commit (an app
+    -- may have said SET CONSTRAINTS ALL IMMEDIATE), when this call's rows exist.
+    SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+    -- Whether this transaction issued anything yet (planned with the value: a generic plan
+    -- estimates a transaction's rows from the few huge ones and reads the whole table).
+    EXECUTE 'SELECT EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = $1)' INTO has_rows USING me;
+    -- The shards this transaction holds, from the table; the hint adds how many numbers it
+    -- issued from each and their order. A held shard the hint does not know (an app
+    -- overwrote it) has its numbers counted from the rows.
     setting := current_setting('idmint.entity_' || p, true);
-    st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
-
-    -- One number from the shard this transaction took last, if it has sparse room.
-    IF n = 1 AND cardinality(st) > 0 THEN
-        got_text := idmint._issue_one(p, key, how, bind);
-        IF got_text IS NOT NULL THEN
-            RETURN NEXT got_text;
-            RETURN;
-        END IF;
-    END IF;
+    hint := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
+    SELECT array_agg(ARRAY[x.shard::integer, x.issued,
+                           coalesce(h.mine, idmint._entity_mine(p, x.shard)),
+                           x.deck::integer] ORDER BY h.i NULLS FIRST)
+    INTO st
+    FROM idmint.entity_shards x
+    LEFT JOIN (SELECT hint[i][1] AS shard, hint[i][3] AS mine, i FROM generate_subscripts(hint, 1) AS i) h
+           ON h.shard = x.shard
+    WHERE x.holder = me AND x.prefix = p;
+    st := coalesce(st, '{}');
 
     -- Plan how many numbers each shard gives, phase by phase, until the plan covers n:
     --  1. the shards this transaction holds, kept sparse (the most recently taken first);
@@ -365,41 +432,72 @@ BEGIN
     --  5. only now wait: lock every other shard of the type (in shard order, so two
     --     waiters cannot deadlock on them); what is still missing is missing on committed
     --     state: ID005.
+    -- Taking a shard makes this transaction its holder (which queues its count at commit).
     WHILE want > 0 LOOP
         fresh := NULL;
         IF phase IN (2, 4) THEN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
             lim := CASE WHEN phase = 2 THEN sparse_min ELSE 0 END;
-            -- About how many shards cover `want` (in phase 4 a quarter more for small calls,
-            -- so that the plan takes from each in proportion: see below; large calls take
-            -- no more shards than they need, as each may need its deck built).
-            SELECT ceil(want * (CASE WHEN phase = 4 AND want < 1000 THEN 1.25 ELSE 1 END)
-                        / avg(size - y.issued - lim))::integer INTO kk
-            FROM idmint.entity_shards y
-            WHERE y.prefix = p AND y.issued < size - lim AND y.shard <> ALL (held);
-            IF kk > 0 THEN
-                -- Efraimidis-Spirakis keys ln(u) / free (u from the strong source) give a
-                -- random order weighted by free numbers; LIMIT counts only the rows this
-                -- call could lock (SKIP LOCKED passes over those others hold).
-                -- (One 20-bit draw per shard, matched by shard number: 34 uuids, not 200.)
-                SELECT array_agg(ARRAY[z.shard::integer, z.issued, 0, z.deck::integer, 0] ORDER BY z.w DESC) INTO fresh
-                FROM (SELECT x.shard, x.issued, x.deck, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
-                      FROM idmint.entity_shards x
-                      JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
-                      WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
-                      ORDER BY 4 DESC
-                      LIMIT kk
-                      FOR UPDATE OF x SKIP LOCKED) z;
+            IF phase = 2 AND want <= 1000 THEN
+                fresh := idmint._entity_take_sparse(p, held, has_rows);  -- a small call needs one shard
+            END IF;
+            IF fresh IS NULL THEN
+                -- About how many shards cover `want` (in phase 4 a quarter more for small
+                -- calls, so that the plan takes from each in proportion: see below; large
+                -- calls take no more shards than they need, as each may need its deck built).
+                SELECT ceil(want * (CASE WHEN phase = 4 AND want < 1000 THEN 1.25 ELSE 1 END)
+                            / avg(size - y.issued - lim))::integer INTO kk
+                FROM idmint.entity_shards y
+                WHERE y.prefix = p AND y.issued < size - lim AND y.shard <> ALL (held);
+                IF kk > 0 THEN
+                    -- Efraimidis-Spirakis keys ln(u) / free (u from the strong source) give a
+                    -- random order weighted by free numbers; LIMIT counts only the rows this
+                    -- call could lock (SKIP LOCKED passes over those others hold).
+                    -- (One 20-bit draw per shard, matched by shard number: 34 uuids, not 200.)
+                    WITH z AS (
+                        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
+                        FROM idmint.entity_shards x
+                        JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
+                        WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
+                        ORDER BY 3 DESC
+                        LIMIT kk
+                        FOR UPDATE OF x SKIP LOCKED
+                    ), a AS (
+                        UPDATE idmint.entity_shards x
+                        SET holder = me,
+                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                                          AND has_rows
+                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        FROM z
+                        WHERE x.prefix = z.prefix AND x.shard = z.shard
+                        RETURNING x.shard, z.issued, x.deck, z.w
+                    )
+                    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.w DESC)
+                    INTO fresh FROM a;
+                END IF;
             END IF;
         ELSIF phase = 5 THEN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
-            SELECT array_agg(ARRAY[z.shard::integer, z.issued, 0, z.deck::integer, 0] ORDER BY z.shard) INTO fresh
-            FROM (SELECT x.shard, x.issued, x.deck FROM idmint.entity_shards x
-                  WHERE x.prefix = p AND x.shard <> ALL (held)
-                  ORDER BY x.shard FOR UPDATE) z;
+            WITH z AS (
+                SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
+                WHERE x.prefix = p AND x.shard <> ALL (held)
+                ORDER BY x.shard FOR UPDATE
+            ), a AS (
+                UPDATE idmint.entity_shards x
+                        SET holder = me,
+                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
+                                                          AND has_rows
+                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                        FROM z
+                WHERE x.prefix = z.prefix AND x.shard = z.shard
+                RETURNING x.shard, z.issued, x.deck
+            )
+            SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.shard)
+            INTO fresh FROM a;
         END IF;
         IF fresh IS NOT NULL THEN
             st := st || fresh;
+            taken_now := taken_now || ARRAY(SELECT fresh[g][1] FROM generate_subscripts(fresh, 1) AS g);
         END IF;
         WHILE cardinality(take) < coalesce(array_length(st, 1), 0) LOOP
             take := take || 0;
@@ -469,6 +567,7 @@ BEGIN
             -- repeats); the first distinct ones not issued yet, in draw order, are taken.
             -- No other transaction can insert into a shard this one holds: no waits.
             need := k;
+            rounds := 0;
             LOOP
                 -- Enough draws for `need` distinct free members with a margin: d draws
                 -- of 5 000 reach about 5 000 * (1 - exp(-d / 5 000)) distinct members.
@@ -492,18 +591,32 @@ BEGIN
                 shard_nums := coalesce(shard_nums, '{}') || coalesce(got_nums, '{}');
                 need := k - cardinality(shard_nums);
                 EXIT WHEN need = 0;
+                -- Honest counts finish in a round or two; only an overwritten hint (the
+                -- shard has fewer free numbers than it says) gets here.
+                rounds := rounds + 1;
+                IF rounds > 50 THEN
+                    PERFORM idmint._error('entity_range_exhausted',
+                        format('entity type %s: shard %s has fewer free numbers than this transaction''s setting idmint.entity_%s says', p, s, p),
+                        'do not set idmint.entity_* settings');
+                END IF;
             END LOOP;
             nums := nums || shard_nums;
-            shard_nums := NULL;
             -- A large call that leaves the shard at its sparse limit builds its deck too
             -- (below, once its numbers are inserted): 5 000 probes on top of at least
             -- 1 000 numbers. So deck builds are spread over the calls that fill the type
             -- instead of all falling on the first calls past 75 %.
             IF k >= 1000 AND m - k <= sparse_min THEN
-                late := late || ARRAY[[s, m - k]];
+                IF s = ANY (taken_now) AND st[j][2] = 0 THEN
+                    -- Empty when this call took it: its free numbers are the members this
+                    -- call did not draw (no probes; 0 % fill, 100 000-number calls).
+                    PERFORM idmint._entity_build_deck(p, s, key, m - k, shard_nums);
+                ELSE
+                    late := late || ARRAY[[s, m - k]];
+                END IF;
                 st[j][4] := 1;
                 newdeck := newdeck || s;
             END IF;
+            shard_nums := NULL;
         ELSE
             IF st[j][4] = 0 THEN
                 PERFORM idmint._entity_build_deck(p, s, key, m);
@@ -540,73 +653,76 @@ BEGIN
             nums := nums || got_nums;
         END IF;
         st[j][3] := st[j][3] + k;
-        IF st[j][5] = 0 THEN
-            st[j][5] := 1;
-            arm := arm || s;
-        END IF;
     END LOOP;
     -- One insert, in number order (index locality); the caller gets draw order.
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    SELECT x, bound, ts, how, who, pg_current_xact_id() FROM unnest(nums) AS x ORDER BY x;
+    SELECT x, bound, ts, how, who, me FROM unnest(nums) AS x ORDER BY x;
     FOR j IN 1 .. coalesce(array_length(late, 1), 0) LOOP
         PERFORM idmint._entity_build_deck(p, late[j][1], key, late[j][2]);
     END LOOP;
-    RETURN QUERY SELECT x::text FROM unnest(nums) AS x;
-    PERFORM idmint._entity_save(p, st, arm, newdeck);
-    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-        PERFORM idmint._durable();
+    IF cardinality(newdeck) > 0 THEN
+        UPDATE idmint.entity_shards x SET deck = true WHERE x.prefix = p AND x.shard = ANY (newdeck);
     END IF;
+    setting := set_config('idmint.entity_' || p, st::text, true);
+    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+        setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
+    END IF;
+    RETURN QUERY SELECT x::text FROM unnest(nums) AS x;
 END
 $$;
 COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean) IS
     'Issue n numbers of a type from shards this transaction holds (SKIP LOCKED: never waits while enough free numbers are not held by others), uniform within each shard; ID005 (nothing issued) if fewer are free on committed state';
 
--- Count a transaction's numbers into its shards, at commit (deferred trigger on the
--- arming UPDATE). The first firing counts every armed shard of every type, types in prefix
--- order (so two committing transactions take the alert locks in the same order); later
--- firings find nothing armed. Issuing again after a count (e.g. from another commit-time
--- trigger) arms the shard again, and that queues another firing.
+-- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
+-- the transaction took the shard). The count is taken from the rows the transaction
+-- inserted (entity_numbers.issued_xid), never from a setting an app could change. The
+-- first firing counts every held shard of every type; later firings find none held.
+-- Issuing again after a count (e.g. from another commit-time trigger) takes the shard
+-- again (taking its counted rows back out, see _entity_mine), which queues another firing.
 CREATE FUNCTION idmint._entity_flush() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    setting text;
-    st integer[];
-    shards integer[];
-    counts integer[];
+    me constant xid8 := pg_current_xact_id();
+    types integer[];
+    ignored text;
 BEGIN
-    FOR p IN 1 .. 9 LOOP
-        setting := current_setting('idmint.entity_' || p, true);
-        CONTINUE WHEN setting IS NULL OR setting = '';
-        st := setting::integer[];
-        shards := '{}';
-        counts := '{}';
-        FOR j IN 1 .. coalesce(array_length(st, 1), 0) LOOP
-            IF st[j][5] = 1 THEN
-                shards := shards || st[j][1];
-                counts := counts || st[j][3];
-                st[j][2] := st[j][2] + st[j][3];
-                st[j][3] := 0;
-                st[j][5] := 0;
-            END IF;
-        END LOOP;
-        CONTINUE WHEN cardinality(shards) = 0;
-        PERFORM set_config('idmint.entity_' || p, st::text, true);
-        UPDATE idmint.entity_shards x SET issued = x.issued + c.n, pending = false
-        FROM unnest(shards, counts) AS c(shard, n)
-        WHERE x.prefix = p AND x.shard = c.shard;
-        PERFORM idmint._entity_alert(p);
+    IF NOT EXISTS (SELECT FROM idmint.entity_shards x WHERE x.holder = me) THEN
+        RETURN NULL;
+    END IF;
+    WITH mine AS MATERIALIZED (
+        SELECT r.prefix,
+               (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
+                + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200 AS shard,
+               count(*)::integer AS n
+        FROM idmint.entity_numbers e
+        JOIN idmint.entity_ranges r ON r.prefix = e.number / 1000000
+        WHERE e.issued_xid = me
+        GROUP BY 1, 2
+    ), counted AS (
+        UPDATE idmint.entity_shards x
+        SET issued = x.issued + coalesce((SELECT m.n FROM mine m WHERE m.prefix = x.prefix AND m.shard = x.shard), 0),
+            holder = NULL
+        WHERE x.holder = me
+        RETURNING x.prefix
+    )
+    SELECT array_agg(DISTINCT c.prefix ORDER BY c.prefix) INTO types FROM counted c;
+    -- Types in prefix order, so two committing transactions take the alert locks in the
+    -- same order. The hint is spent: a later call of this transaction starts afresh.
+    FOR i IN 1 .. coalesce(cardinality(types), 0) LOOP
+        ignored := set_config('idmint.entity_' || types[i], '', true);
+        PERFORM idmint._entity_alert(types[i]);
     END LOOP;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION idmint._entity_flush() IS
-    'Deferred trigger: add this transaction''s numbers to the counts of the shards it holds, then check the capacity thresholds';
+    'Deferred trigger: add this transaction''s numbers (counted from its rows) to the shards it holds, then check the capacity thresholds';
 
 CREATE CONSTRAINT TRIGGER entity_shards_flush AFTER UPDATE ON idmint.entity_shards
 DEFERRABLE INITIALLY DEFERRED
-FOR EACH ROW WHEN (NEW.pending)
+FOR EACH ROW WHEN (NEW.holder IS NOT NULL)
 EXECUTE FUNCTION idmint._entity_flush();
 
 -- NOTIFY idmint_capacity for each threshold (0.6, 0.8, 0.95) that the type's committed count
@@ -668,24 +784,17 @@ AS $$ SELECT x FROM idmint._issue_entity_numbers(idmint._entity_prefix(entity), 
 COMMENT ON FUNCTION idmint.gen_entity_numbers(text, integer) IS
     'gen_entity_numbers for a type given as a one-digit text or a type name (ID008 unknown)';
 
--- The single-number generators resolve the type and its key in one statement and try
--- the fast path before the general one: as a column DEFAULT they run once per row.
+-- The single-number generators: one call of the one implementation,
+-- _issue_entity_number; as a column DEFAULT they run once per row.
 CREATE FUNCTION idmint.gen_entity_number(entity integer) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    key bytea;
-    got text;
 BEGIN
-    SELECT r.shard_key INTO key FROM idmint.entity_ranges r WHERE r.prefix = entity;
-    IF key IS NOT NULL THEN
-        got := idmint._issue_one(entity, key, 'gen', false);
+    IF entity IS NULL OR entity NOT BETWEEN 1 AND 9 THEN
+        PERFORM idmint._entity_prefix(entity);  -- ID003
     END IF;
-    IF got IS NULL THEN
-        SELECT x INTO got FROM idmint._issue_entity_numbers(entity, 1, 'gen') AS x;
-    END IF;
-    RETURN got;
+    RETURN idmint._issue_entity_number(entity::text, 'gen', false);
 END
 $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(integer) IS
@@ -695,114 +804,36 @@ CREATE FUNCTION idmint.gen_entity_number(entity text) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    p integer;
-    key bytea;
-    setting text;
-    st integer[];
-    j integer;
-    s integer;
-    b bytea;
-    v integer;
-    got integer;
-    got_text text;
 BEGIN
-    -- A one-digit text is a prefix; names are never a single digit.
-    SELECT r.prefix, r.shard_key INTO p, key FROM idmint.entity_ranges r
-    WHERE CASE WHEN entity ~ '^[0-9]$' THEN r.prefix = entity::integer ELSE r.name = entity END;
-    IF key IS NULL THEN
-        p := idmint._entity_prefix(entity);  -- raises ID003 / ID008
-    END IF;
-    -- The fast path of idmint._issue_one, inlined: as a column DEFAULT this runs once per
-    -- row, and each nested call of a function that pins search_path costs as much as the
-    -- insert (measured on PostgreSQL 15). Keep the two copies in step.
-    setting := current_setting('idmint.entity_' || p, true);
-    IF setting <> '' THEN
-        st := setting::integer[];
-        j := array_length(st, 1);
-        IF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 THEN
-            s := st[j][1];
-            <<draw>>
-            LOOP
-                b := uuid_send(gen_random_uuid());
-                FOR t IN 0 .. 5 LOOP
-                    v := CASE t
-                        WHEN 0 THEN (get_byte(b, 0) << 12) | (get_byte(b, 1) << 4) | (get_byte(b, 2) >> 4)
-                        WHEN 1 THEN ((get_byte(b, 2) & 15) << 16) | (get_byte(b, 3) << 8) | get_byte(b, 4)
-                        WHEN 2 THEN (get_byte(b, 9) << 12) | (get_byte(b, 10) << 4) | (get_byte(b, 11) >> 4)
-                        WHEN 3 THEN ((get_byte(b, 11) & 15) << 16) | (get_byte(b, 12) << 8) | get_byte(b, 13)
-                        WHEN 4 THEN (get_byte(b, 5) << 12) | (get_byte(b, 7) << 4) | (get_byte(b, 6) & 15)
-                        ELSE ((get_byte(b, 8) & 63) << 14) | (get_byte(b, 14) << 6) | (get_byte(b, 15) >> 2) END;
-                    CONTINUE WHEN v >= 1045000;
-                    v := v % 5000;
-                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
-                    VALUES (p * 1000000 + v * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + v % 100)
-                                - get_byte(key, 500 + v / 100)) % 200 + 400) % 200),
-                            NULL, statement_timestamp(), 'gen', session_user, pg_current_xact_id())
-                    ON CONFLICT DO NOTHING
-                    RETURNING e.number INTO got;
-                    EXIT draw WHEN got IS NOT NULL;
-                END LOOP;
-            END LOOP;
-            st[j][3] := st[j][3] + 1;
-            IF st[j][5] = 0 THEN
-                st[j][5] := 1;
-                PERFORM idmint._entity_save(p, st, ARRAY[s], '{}');
-            ELSE
-                PERFORM set_config('idmint.entity_' || p, st::text, true);
-            END IF;
-            IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-                PERFORM idmint._durable();
-            END IF;
-            RETURN got::text;
-        END IF;
-    END IF;
-    SELECT x INTO got_text FROM idmint._issue_entity_numbers(p, 1, 'gen') AS x;
-    RETURN got_text;
+    RETURN idmint._issue_entity_number(entity, 'gen', false);
 END
 $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
     'One new random number of a type given by name or one-digit text, e.g. DEFAULT idmint.gen_entity_number(''part'')';
 
--- Take a given shard for this transaction (a claim or an un-issue needs that one): returns
--- the state with the shard's row (added first if new; the generators keep using the shards
--- they took last) and its index. Waits while another open transaction holds the shard.
-CREATE FUNCTION idmint._entity_hold(prefix integer, shard integer, INOUT st integer[], OUT j integer)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    now_issued integer;
-    now_deck boolean;
-BEGIN
-    FOR i IN 1 .. coalesce(array_length(st, 1), 0) LOOP
-        IF st[i][1] = shard THEN
-            j := i;
-            RETURN;
-        END IF;
-    END LOOP;
-    SELECT x.issued, x.deck INTO STRICT now_issued, now_deck FROM idmint.entity_shards x
-    WHERE x.prefix = _entity_hold.prefix AND x.shard = _entity_hold.shard FOR UPDATE;
-    st := ARRAY[[shard, now_issued, 0, now_deck::integer, 0]] || st;
-    j := 1;
-END
-$$;
-COMMENT ON FUNCTION idmint._entity_hold(integer, integer, integer[]) IS
-    'Lock a given shard for this transaction (waiting for its holder) and add it to the shard state';
 
 -- Register one given number (claim_entity_number, and the trigger for a value idmint
--- never issued). `wanted` NULL: any registered type. Waits only if another open
--- transaction holds the number's shard (1/200 of the type).
+-- never issued). `wanted` NULL: any registered type. The claim takes the number's shard
+-- like a generator does (holder, row lock), so it waits while another open transaction
+-- holds that shard (1/200 of the type). Deliberately: a claim that inserted into a shard
+-- held by an open generator would make that generator wait whenever one of its random
+-- candidates met the claimed, uncommitted number, and generators never wait.
 CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    -- No xid before this call: no numbers of this transaction anywhere (see _entity_mine).
+    maybe_mine constant boolean := pg_current_xact_id_if_assigned() IS NOT NULL;
+    me constant xid8 := pg_current_xact_id();
     p integer;
     v integer;
     key bytea;
     s integer;
+    now_issued integer;
+    now_deck boolean;
+    setting text;
     st integer[];
     j integer;
 BEGIN
@@ -822,89 +853,116 @@ BEGIN
         PERFORM idmint._error('unknown_entity_type',
             format('entity number %s has prefix %s, which is not a registered type', number, p),
             'see idmint.entity_types, or register the type with idmint.add_entity_type');
-    ELSIF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v) THEN
-        PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
-                              'generate a new one with idmint.gen_entity_number');
     END IF;
-    s := idmint._entity_shard_of(key, v - p * 1000000);
-    SELECT h.st, h.j INTO st, j FROM idmint._entity_hold(p, s, idmint._entity_state(p)) h;
-    -- Issued by a transaction that committed while we waited for the shard.
-    IF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v) THEN
-        PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
-                              'generate a new one with idmint.gen_entity_number');
-    END IF;
+    FOR attempt IN 1 .. 2 LOOP
+        -- The second time: issued by a transaction that committed while we waited.
+        IF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v) THEN
+            PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
+                                  'generate a new one with idmint.gen_entity_number');
+        END IF;
+        EXIT WHEN attempt = 2;
+        s := (get_byte(key, v % 200) + get_byte(key, 400 + (v % 1000000 / 200) % 100)
+              + get_byte(key, 500 + v % 1000000 / 20000)) % 200;
+        SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+        WITH z AS (
+            SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
+            WHERE x.prefix = p AND x.shard = s FOR UPDATE
+        )
+        UPDATE idmint.entity_shards x
+        SET holder = me,
+            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM me
+                                     THEN idmint._entity_mine(p, s) ELSE 0 END
+        FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
+        RETURNING z.issued, x.deck INTO now_issued, now_deck;
+    END LOOP;
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, pg_current_xact_id());
-    IF st[j][4] = 1 THEN
+    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
+    IF now_deck THEN
         DELETE FROM idmint.entity_free f WHERE f.number = v;  -- its card leaves the deck
     END IF;
-    st[j][3] := st[j][3] + 1;
-    IF st[j][5] = 0 THEN
-        st[j][5] := 1;
-        PERFORM idmint._entity_save(p, st, ARRAY[s], '{}');
+    -- The hint: one more number of this shard (added first if new: the generators keep
+    -- using the shards they took last).
+    setting := current_setting('idmint.entity_' || p, true);
+    st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
+    j := array_position(ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g), s);
+    IF j IS NULL THEN
+        st := ARRAY[[s, now_issued, 1, now_deck::integer]] || st;
     ELSE
-        PERFORM idmint._entity_save(p, st, '{}', '{}');
+        st[j][3] := st[j][3] + 1;
+        st[j][4] := now_deck::integer;
     END IF;
+    setting := set_config('idmint.entity_' || p, st::text, true);
     PERFORM idmint._durable();
     RETURN number;
 END
 $$;
 COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean) IS
-    'Register a given entity number in its shard. ID003 malformed/other type, ID004 issued, ID008 unregistered';
+    'Register a given entity number in its shard (waits while another open transaction holds the shard). ID003 malformed/other type, ID004 issued, ID008 unregistered';
 
 -- Un-issue numbers that this transaction issued (an upsert's proposed row was not stored):
 -- afterwards they are free exactly as if never issued: the shard counts, the decks and
 -- later calls behave as if the issue never happened. Numbers this transaction did not
--- issue are left alone.
+-- issue are left alone. Their shards are held by this transaction already (it issued
+-- from them); taking them again queues the count again if it ran already.
 CREATE FUNCTION idmint._unissue_entity_numbers(numbers integer[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    me constant xid8 := pg_current_xact_id();
     gone integer[];
-    cur integer;
+    setting text;
     st integer[];
     j integer;
-    arm integer[];
     g record;
 BEGIN
     WITH d AS (
         DELETE FROM idmint.entity_numbers e
-        WHERE e.number = ANY (numbers) AND e.issued_xid = pg_current_xact_id()
+        WHERE e.number = ANY (numbers) AND e.issued_xid = me
         RETURNING e.number)
     SELECT array_agg(d.number) INTO gone FROM d;
     IF gone IS NULL THEN
         RETURN;
     END IF;
-    FOR g IN SELECT x / 1000000 AS p, idmint._entity_shard_of(r.shard_key, x % 1000000) AS s, array_agg(x) AS xs
-             FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
-             GROUP BY 1, 2 ORDER BY 1, 2 LOOP
-        IF g.p IS DISTINCT FROM cur THEN
-            IF cur IS NOT NULL THEN
-                PERFORM idmint._entity_save(cur, st, arm, '{}');
-            END IF;
-            cur := g.p;
-            st := idmint._entity_state(g.p);
-            arm := '{}';
-        END IF;
-        -- This transaction issued them, so it holds the shard already.
-        SELECT h.st, h.j INTO st, j FROM idmint._entity_hold(g.p, g.s, st) h;
-        IF st[j][4] = 1 THEN
+    SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+    FOR g IN
+        WITH u AS (
+            SELECT x / 1000000 AS p,
+                   (get_byte(r.shard_key, x % 200) + get_byte(r.shard_key, 400 + (x % 1000000 / 200) % 100)
+                    + get_byte(r.shard_key, 500 + x % 1000000 / 20000)) % 200 AS s,
+                   array_agg(x) AS xs
+            FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
+            GROUP BY 1, 2
+        )
+        -- (Counted already if this transaction is no longer the holder: then the deleted
+        -- rows and the remaining ones come out of `issued`, and the next count adds the
+        -- remaining ones again.)
+        UPDATE idmint.entity_shards y
+        SET holder = me,
+            issued = y.issued - CASE WHEN y.holder IS DISTINCT FROM me
+                                     THEN idmint._entity_mine(u.p, u.s) + cardinality(u.xs) ELSE 0 END
+        FROM u
+        WHERE y.prefix = u.p AND y.shard = u.s
+        RETURNING u.p, u.s, u.xs, y.deck
+    LOOP
+        IF g.deck THEN
             -- Back into the deck, at fresh random positions.
             INSERT INTO idmint.entity_free (prefix, shard, pos, number)
             SELECT g.p, g.s, idmint._random_pos(), u.x FROM unnest(g.xs) AS u(x);
         END IF;
-        st[j][3] := st[j][3] - cardinality(g.xs);
-        IF st[j][5] = 0 THEN
-            st[j][5] := 1;
-            arm := arm || g.s;
+        setting := current_setting('idmint.entity_' || g.p, true);
+        st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
+        j := array_position(ARRAY(SELECT st[i][1] FROM generate_subscripts(st, 1) AS i), g.s);
+        IF j IS NOT NULL THEN
+            st[j][3] := greatest(0, st[j][3] - cardinality(g.xs));
+            setting := set_config('idmint.entity_' || g.p, st::text, true);
         END IF;
     END LOOP;
-    PERFORM idmint._entity_save(cur, st, arm, '{}');
 END
 $$;
 COMMENT ON FUNCTION idmint._unissue_entity_numbers(integer[]) IS
     'Free again numbers this transaction issued (counts, decks and later calls as if never issued); others are ignored';
+
 
 CREATE FUNCTION idmint.claim_entity_number(number text, entity text DEFAULT NULL) RETURNS text
 LANGUAGE sql VOLATILE SECURITY DEFINER
@@ -960,9 +1018,8 @@ SELECT r.prefix, r.name FROM idmint.entity_ranges r;
 COMMENT ON VIEW idmint.entity_types IS 'Registered entity types: prefix 1..9 (first digit of their numbers) and name';
 
 -- Committed counts are the sum of the type's 200 shard counts; a transaction also sees
--- the numbers it issued itself (as it sees its own rows): the `mine` column of its
--- transaction-local shard state (see _entity_state), read inline so that readers need no
--- EXECUTE on an internal function.
+-- the numbers it issued itself and that are not counted yet (as it sees its own rows),
+-- counted from its rows.
 CREATE VIEW idmint.entity_capacity AS
 SELECT r.prefix,
        r.name,
@@ -973,9 +1030,15 @@ SELECT r.prefix,
 FROM idmint.entity_ranges r
 CROSS JOIN LATERAL (
     SELECT (coalesce(sum(x.issued), 0)
-            + coalesce((SELECT sum(m.st[i][3])
-                        FROM (SELECT nullif(current_setting('idmint.entity_' || r.prefix, true), '')::integer[] AS st) m,
-                             generate_subscripts(m.st, 1) AS i), 0))::integer AS issued
+            -- (not yet counted: in shards it still holds)
+            + (SELECT count(*) FROM idmint.entity_numbers e
+               JOIN idmint.entity_shards h
+                 ON h.prefix = r.prefix AND h.holder = e.issued_xid
+                AND h.shard = (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
+                               + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200
+               WHERE pg_current_xact_id_if_assigned() IS NOT NULL  -- (most readers: not even planned)
+                 AND e.issued_xid = pg_current_xact_id_if_assigned()
+                 AND e.number BETWEEN r.prefix * 1000000 AND r.prefix * 1000000 + 999999))::integer AS issued
     FROM idmint.entity_shards x WHERE x.prefix = r.prefix
 ) c;
 COMMENT ON VIEW idmint.entity_capacity IS

@@ -18,6 +18,7 @@ DECLARE
     bound integer[];
     bad text;
     i integer;
+    new_count integer;
     result text[] := numbers;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
@@ -26,12 +27,24 @@ BEGIN
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
     END IF;
+    IF numbers = ARRAY[NULL::text] THEN
+        -- A row trigger's usual case: one new number; _issue_entity_number resolves the
+        -- type itself (ID003 / ID008 as below), one nested call fewer per row.
+        result[1] := idmint._issue_entity_number(entity, how, true);
+        INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
+        VALUES ('entity', result[1]::integer, tbl, col, result[1], 'new', false, how = 'backfill');
+        RETURN result;
+    END IF;
     p := idmint._entity_prefix(entity);
 
     -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
     IF array_position(numbers, NULL) IS NOT NULL THEN
-        fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, cardinality(numbers) - cardinality(array_remove(numbers, NULL)),
-                                                                 how, true) AS x);
+        new_count := cardinality(numbers) - cardinality(array_remove(numbers, NULL));
+        IF new_count = 1 THEN
+            fresh := ARRAY[idmint._issue_entity_number(p::text, how, true)];  -- a row trigger's case
+        ELSE
+            fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, new_count, how, true) AS x);
+        END IF;
         i := 0;
         FOR k IN 1 .. cardinality(numbers) LOOP
             IF numbers[k] IS NULL THEN

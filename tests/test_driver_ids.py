@@ -39,6 +39,9 @@ def test_add_fleet_returns_the_row_with_upper_case_code(db: psycopg.Connection) 
     assert isinstance(row[0], uuid.UUID)
     assert row[1:4] == ("K2X", "North", 50)
     assert row[4] is not None
+    # Exactly the public columns (contract §6): no internal counters.
+    cols = db.execute("SELECT * FROM idmint.add_fleet('South', 'K3X')").description
+    assert [c.name for c in cols or []] == ["fleet_id", "code", "name", "max_drivers", "created_at"]
 
 
 def test_add_fleet_generates_a_free_code_and_keeps_a_given_uuid(db: psycopg.Connection) -> None:
@@ -170,6 +173,32 @@ def test_capacity_exhausted_is_id001_and_writes_nothing(db: psycopg.Connection) 
     assert next_id(db, "TNY") == "DRV-003TNY"
     with raises_sqlstate("ID001"):
         next_id(db, "TNY")
+
+
+def test_id001_hint_names_what_would_help(db: psycopg.Connection) -> None:
+    db.execute("SELECT idmint.add_fleet('Tiny', 'TNY', 3)")
+    next_id(db, "TNY")
+    # Room for 2, 5 asked: the hint says how many would fit.
+    with raises_sqlstate("ID001") as info:
+        db.execute("SELECT idmint.next_driver_ids('TNY', 5)")
+    hint = info.value.diag.message_hint or ""
+    assert "ask for at most 2" in hint and "release" not in hint
+    # Full, nothing reserved: the cap, not reservations.
+    next_id(db, "TNY")
+    next_id(db, "TNY")
+    with raises_sqlstate("ID001") as info:
+        next_id(db, "TNY")
+    hint = info.value.diag.message_hint or ""
+    assert "max_drivers (3)" in hint and "999" in hint and "another fleet" in hint
+    assert "release" not in hint and "ask for" not in hint
+    # Full because of an active reservation: releasing it is what helps.
+    db.execute("SELECT idmint.add_fleet('Two', 'TW2', 2)")
+    next_id(db, "TW2")
+    db.execute("SELECT idmint.reserve_driver_id('TW2', 'x', '1 hour')")
+    with raises_sqlstate("ID001") as info:
+        next_id(db, "TW2")
+    hint = info.value.diag.message_hint or ""
+    assert "1 number(s)" in hint and "release" in hint and "another fleet" not in hint
 
 
 @pytest.mark.parametrize("n", [0, -1, None, 1000, 10**9])
@@ -398,3 +427,89 @@ def test_allocating_transactions_commit_durably(connect: Connect, fleet: uuid.UU
     scalar(conn, "SELECT idmint.reserve_driver_id('ABC')")
     assert scalar(conn, "SHOW synchronous_commit") == "on"
     conn.rollback()
+
+
+# --- row invariants -----------------------------------------------------------------------
+# The ledger tables keep one CHECK (the counter's cap): their other invariants are kept by
+# the functions, the only writers (sql/10_driver_tables.sql says why). This checks them
+# after every kind of change.
+
+VIOLATIONS = """
+SELECT 'fleet ' || f.code FROM idmint.fleets f
+WHERE NOT (f.code ~ '^[A-HJ-NP-Z2-9]{3}$' AND f.name <> '' AND length(f.name) <= 200
+           AND f.max_drivers BETWEEN 1 AND 999 AND f.last_number BETWEEN 0 AND f.max_drivers
+           AND f.assigned = (SELECT count(*) FROM idmint.driver_numbers d
+                             WHERE d.fleet_id = f.fleet_id AND d.state = 'assigned')
+           AND f.unassigned = (SELECT count(*) FROM idmint.driver_numbers d
+                               WHERE d.fleet_id = f.fleet_id AND d.state <> 'assigned'))
+UNION ALL
+SELECT 'number ' || d.number || ' of ' || coalesce(f.code, 'no fleet')
+FROM idmint.driver_numbers d LEFT JOIN idmint.fleets f USING (fleet_id)
+WHERE f.fleet_id IS NULL
+   OR NOT coalesce(d.number BETWEEN 1 AND f.last_number
+                   AND d.state IN ('reserved', 'assigned', 'free')
+                   AND (d.state = 'reserved') = (d.expires_at IS NOT NULL)
+                   AND (d.state = 'assigned') = (d.assigned_at IS NOT NULL)
+                   AND (NOT d.bound OR d.state = 'assigned'), false)
+"""
+
+
+def test_row_invariants_hold_after_every_kind_of_change(connect: Connect) -> None:
+    db = connect()
+    db.execute("SELECT idmint.add_fleet('North', 'ABC', 20), idmint.add_fleet('South', 'XYZ', 5)")
+    uid = scalar(db, "SELECT fleet_id FROM idmint.fleets WHERE code = 'ABC'")
+    next_id(db, uid)
+    next_id(db, "abc")
+    next_id(db, str(uid))
+    next_id(db, "ABC", "key-1")
+    next_id(db, "ABC", "key-1")
+    db.execute("SELECT idmint.next_driver_ids('ABC', 3)")
+    held = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'me')")
+    gone = scalar(db, "SELECT idmint.reserve_driver_id('ABC')")
+    short = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'slow', '200 milliseconds')")
+    db.execute("SELECT idmint.confirm_driver_id(%s, 'me')", [held])
+    db.execute("SELECT idmint.release_driver_id(%s)", [gone])
+    assert db.execute(VIOLATIONS).fetchall() == []
+    wait_expired(db, short)
+    next_id(db, "ABC")  # reissues the released number
+    next_id(db, "ABC")  # reissues the expired one
+    expiring = scalar(db, "SELECT idmint.reserve_driver_id('ABC', 'x', '100 milliseconds')")
+    wait_expired(db, expiring)
+    db.execute("SELECT idmint.purge_expired_reservations()")
+    db.execute("SELECT idmint.reset_driver_sequence('ABC', 15)")
+    db.execute("CREATE SCHEMA app")
+    db.execute("CREATE TABLE app.drivers (id serial PRIMARY KEY, fleet text, driver_id text)")
+    db.execute(
+        "CREATE TRIGGER d BEFORE INSERT OR UPDATE OR DELETE ON app.drivers FOR EACH ROW"
+        " EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id')"
+    )
+    db.execute("INSERT INTO app.drivers (fleet) VALUES ('XYZ'), ('XYZ')")
+    db.execute(
+        "INSERT INTO app.drivers (fleet, driver_id) VALUES ('XYZ', idmint.next_driver_id('XYZ'))"
+    )
+    db.execute("DELETE FROM app.drivers WHERE driver_id = 'DRV-001XYZ'")
+    with raises_sqlstate("ID001"):
+        db.execute("SELECT idmint.next_driver_ids('XYZ', 3)")
+    assert db.execute(VIOLATIONS).fetchall() == []
+    # The check can fail: a counter out of step is reported.
+    db.execute("UPDATE idmint.fleets SET assigned = assigned + 1 WHERE code = 'XYZ'")
+    assert db.execute(VIOLATIONS).fetchall() == [("fleet XYZ",)]
+
+
+def test_the_counter_can_never_pass_max_drivers(db: psycopg.Connection) -> None:
+    db.execute("SELECT idmint.add_fleet('Tiny', 'TNY', 3)")
+    with raises_sqlstate("23514"):  # the one CHECK kept on the hot tables
+        db.execute("UPDATE idmint.fleets SET last_number = 4 WHERE code = 'TNY'")
+
+
+def test_fast_paths_inline_the_lowest_fleet_threshold(db: psycopg.Connection) -> None:
+    # next_driver_id's fast paths test `assigned * 10 >= max_drivers * 8` instead of calling
+    # idmint._thresholds (a pinned call per id): the two must stay in step.
+    assert str(scalar(db, "SELECT (idmint._thresholds('fleet'))[1]")) == "0.8"
+    srcs = db.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid IN"
+        " ('idmint.next_driver_id(uuid, text)'::regprocedure,"
+        "  'idmint.next_driver_id(text, text)'::regprocedure)"
+    ).fetchall()
+    assert len(srcs) == 2
+    assert all("IF assigned * 10 >= max_drivers * 8 THEN" in s[0] for s in srcs)
