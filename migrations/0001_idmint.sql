@@ -2810,7 +2810,7 @@ FOR EACH ROW EXECUTE FUNCTION idmint._settle_bindings();
 
 -- ==== sql/60_capacity.sql ====
 -- Capacity: how full each fleet is, a report with projected exhaustion dates for
--- `idmint status`, and an audit trail of every driver number.
+-- `idmint status`. The audit trail lives in sql/65_audit.sql.
 --
 -- Cheap by construction: fleets carry `assigned` and `unassigned` counters (kept under the
 -- fleet row lock), so a fleet with nothing reserved or freed (unassigned = 0) needs no look
@@ -2919,6 +2919,7 @@ $$;
 COMMENT ON FUNCTION idmint.capacity_report(interval) IS
     'Every fleet (scope fleet, key = code) and entity type (scope entity, key = prefix): capacity, used, active reservations, free, utilization, allocations per day over the part of the window the scope has existed, and the projected exhaustion (NULL: never; now() when full). ID003 bad window';
 
+-- ==== sql/65_audit.sql ====
 -- Audit: who did what to which driver number, and when. Direct assignments (next_driver_id,
 -- next_driver_ids) are recorded in driver_numbers itself; the reservation life cycle
 -- (reserved, confirmed, released, expired) and counter resets in driver_id_events.
