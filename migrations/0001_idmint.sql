@@ -561,6 +561,12 @@ DECLARE
     n_new integer;
     active_reserved integer := 0;
 BEGIN
+    -- A key must fit the unique index (2704 bytes at most, after compression).
+    IF octet_length(_issue.request_key) > 1000 THEN
+        PERFORM idmint._error('invalid_argument',
+            format('request_key of %s bytes is too long', octet_length(_issue.request_key)),
+            'use a request_key of at most 1000 bytes, e.g. a uuid or a hash of the request');
+    END IF;
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
     at := clock_timestamp();  -- after the lock: a reservation lives its ttl from when it is made
 
@@ -802,15 +808,19 @@ RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The hold in elapsed seconds: months, years and days are otherwise calendar units when
+    -- added to a time (a month minus 29 days can hold a day or more, a day 25 hours).
+    secs constant numeric := extract(epoch FROM ttl);
 BEGIN
-    IF ttl IS NULL OR ttl <= interval '0' OR ttl > interval '1 day' THEN
+    IF ttl IS NULL OR secs <= 0 OR secs > 86400 THEN
         PERFORM idmint._error('invalid_argument', format('ttl %s is out of range', coalesce(ttl::text, 'NULL')),
                               'ttl must be positive and at most 1 day');
     END IF;
     RETURN (SELECT i.driver_id
             FROM idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
                                coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
-                               ttl, reserved_by IS NOT NULL) i);
+                               make_interval(secs => secs), reserved_by IS NOT NULL) i);
 END
 $$;
 COMMENT ON FUNCTION idmint.reserve_driver_id(uuid, text, interval) IS
