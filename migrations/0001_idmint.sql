@@ -851,12 +851,19 @@ COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock i
 -- that holder reserved; a call presenting none, only on what was reserved (or assigned)
 -- without naming a holder. So a holder whose reservation expired never gets the number
 -- that someone else then reserved or was assigned.
+-- Contract §3: a named holder's number answers only to that holder; one taken without a
+-- holder answers to any call, except to a holder who reserved this number before (its
+-- reservation expired or was released): that holder gets ID006, never someone else's id.
 CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN reserved_by IS NULL THEN NOT d.holder_named
-                ELSE d.holder_named AND d.reserved_by = reserved_by END
+    SELECT CASE WHEN d.holder_named THEN coalesce(d.reserved_by = _holds.reserved_by, false)
+                WHEN _holds.reserved_by IS NULL THEN true
+                ELSE NOT EXISTS (SELECT FROM idmint.driver_id_events e
+                                 WHERE e.fleet_id = d.fleet_id AND e.number = d.number
+                                   AND e.event = 'reserved' AND e.reserved_by = _holds.reserved_by)
+           END
 $$;
 COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
     'True when a call presenting reserved_by may act on this reservation (the holder rule)';
