@@ -460,8 +460,8 @@ DECLARE
     created idmint.new_fleet;
     new_code text;
 BEGIN
-    IF name IS NULL OR name = '' THEN
-        PERFORM idmint._error('invalid_argument', 'fleet name must not be NULL or empty');
+    IF name IS NULL OR name !~ '[^[:space:]]' THEN
+        PERFORM idmint._error('invalid_argument', 'fleet name must not be NULL, empty or blank');
     ELSIF length(name) > 200 THEN
         PERFORM idmint._error('invalid_argument',
             format('fleet name is %s characters long; at most 200 are allowed', length(name)));
@@ -604,6 +604,9 @@ BEGIN
             CASE WHEN active_reserved > 0
                  THEN format('%s number(s) of this fleet are held by active reservations: release them'
                              ' (idmint.release_driver_id) or wait for them to expire', active_reserved)
+                 WHEN n_reuse + f.max_drivers - f.last_number > 0
+                 THEN format('the fleet is close to its max_drivers (%s); a fleet holds at most 999 ids:'
+                             ' create another fleet with idmint.add_fleet', f.max_drivers)
                  ELSE format('the fleet has issued every number up to its max_drivers (%s); a fleet holds'
                              ' at most 999 ids: create another fleet with idmint.add_fleet', f.max_drivers)
             END || CASE WHEN n > 1 AND n_reuse + f.max_drivers - f.last_number > 0

@@ -101,6 +101,9 @@ BEGIN
             CASE WHEN active_reserved > 0
                  THEN format('%s number(s) of this fleet are held by active reservations: release them'
                              ' (idmint.release_driver_id) or wait for them to expire', active_reserved)
+                 WHEN n_reuse + f.max_drivers - f.last_number > 0
+                 THEN format('the fleet is close to its max_drivers (%s); a fleet holds at most 999 ids:'
+                             ' create another fleet with idmint.add_fleet', f.max_drivers)
                  ELSE format('the fleet has issued every number up to its max_drivers (%s); a fleet holds'
                              ' at most 999 ids: create another fleet with idmint.add_fleet', f.max_drivers)
             END || CASE WHEN n > 1 AND n_reuse + f.max_drivers - f.last_number > 0
