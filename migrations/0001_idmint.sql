@@ -460,8 +460,8 @@ DECLARE
     created idmint.new_fleet;
     new_code text;
 BEGIN
-    IF name IS NULL OR name = '' THEN
-        PERFORM idmint._error('invalid_argument', 'fleet name must not be NULL or empty');
+    IF name IS NULL OR name !~ '[^[:space:]]' THEN
+        PERFORM idmint._error('invalid_argument', 'fleet name must not be NULL, empty or blank');
     ELSIF length(name) > 200 THEN
         PERFORM idmint._error('invalid_argument',
             format('fleet name is %s characters long; at most 200 are allowed', length(name)));
@@ -561,6 +561,12 @@ DECLARE
     n_new integer;
     active_reserved integer := 0;
 BEGIN
+    -- A key must fit the unique index (2704 bytes at most, after compression).
+    IF octet_length(_issue.request_key) > 1000 THEN
+        PERFORM idmint._error('invalid_argument',
+            format('request_key of %s bytes is too long', octet_length(_issue.request_key)),
+            'use a request_key of at most 1000 bytes, e.g. a uuid or a hash of the request');
+    END IF;
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
     at := clock_timestamp();  -- after the lock: a reservation lives its ttl from when it is made
 
@@ -598,6 +604,9 @@ BEGIN
             CASE WHEN active_reserved > 0
                  THEN format('%s number(s) of this fleet are held by active reservations: release them'
                              ' (idmint.release_driver_id) or wait for them to expire', active_reserved)
+                 WHEN n_reuse + f.max_drivers - f.last_number > 0
+                 THEN format('the fleet is close to its max_drivers (%s); a fleet holds at most 999 ids:'
+                             ' create another fleet with idmint.add_fleet', f.max_drivers)
                  ELSE format('the fleet has issued every number up to its max_drivers (%s); a fleet holds'
                              ' at most 999 ids: create another fleet with idmint.add_fleet', f.max_drivers)
             END || CASE WHEN n > 1 AND n_reuse + f.max_drivers - f.last_number > 0
@@ -802,15 +811,19 @@ RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The hold in elapsed seconds: months, years and days are otherwise calendar units when
+    -- added to a time (a month minus 29 days can hold a day or more, a day 25 hours).
+    secs constant numeric := extract(epoch FROM ttl);
 BEGIN
-    IF ttl IS NULL OR ttl <= interval '0' OR ttl > interval '1 day' THEN
+    IF ttl IS NULL OR secs <= 0 OR secs > 86400 THEN
         PERFORM idmint._error('invalid_argument', format('ttl %s is out of range', coalesce(ttl::text, 'NULL')),
                               'ttl must be positive and at most 1 day');
     END IF;
     RETURN (SELECT i.driver_id
             FROM idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
                                coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
-                               ttl, reserved_by IS NOT NULL) i);
+                               make_interval(secs => secs), reserved_by IS NOT NULL) i);
 END
 $$;
 COMMENT ON FUNCTION idmint.reserve_driver_id(uuid, text, interval) IS
@@ -841,12 +854,19 @@ COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock i
 -- that holder reserved; a call presenting none, only on what was reserved (or assigned)
 -- without naming a holder. So a holder whose reservation expired never gets the number
 -- that someone else then reserved or was assigned.
+-- Contract §3: a named holder's number answers only to that holder; one taken without a
+-- holder answers to any call, except to a holder who reserved this number before (its
+-- reservation expired or was released): that holder gets ID006, never someone else's id.
 CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN reserved_by IS NULL THEN NOT d.holder_named
-                ELSE d.holder_named AND d.reserved_by = reserved_by END
+    SELECT CASE WHEN d.holder_named THEN coalesce(d.reserved_by = _holds.reserved_by, false)
+                WHEN _holds.reserved_by IS NULL THEN true
+                ELSE NOT EXISTS (SELECT FROM idmint.driver_id_events e
+                                 WHERE e.fleet_id = d.fleet_id AND e.number = d.number
+                                   AND e.event = 'reserved' AND e.reserved_by = _holds.reserved_by)
+           END
 $$;
 COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
     'True when a call presenting reserved_by may act on this reservation (the holder rule)';
@@ -2810,7 +2830,7 @@ FOR EACH ROW EXECUTE FUNCTION idmint._settle_bindings();
 
 -- ==== sql/60_capacity.sql ====
 -- Capacity: how full each fleet is, a report with projected exhaustion dates for
--- `idmint status`, and an audit trail of every driver number.
+-- `idmint status`. The audit trail lives in sql/65_audit.sql.
 --
 -- Cheap by construction: fleets carry `assigned` and `unassigned` counters (kept under the
 -- fleet row lock), so a fleet with nothing reserved or freed (unassigned = 0) needs no look
@@ -2919,6 +2939,7 @@ $$;
 COMMENT ON FUNCTION idmint.capacity_report(interval) IS
     'Every fleet (scope fleet, key = code) and entity type (scope entity, key = prefix): capacity, used, active reservations, free, utilization, allocations per day over the part of the window the scope has existed, and the projected exhaustion (NULL: never; now() when full). ID003 bad window';
 
+-- ==== sql/65_audit.sql ====
 -- Audit: who did what to which driver number, and when. Direct assignments (next_driver_id,
 -- next_driver_ids) are recorded in driver_numbers itself; the reservation life cycle
 -- (reserved, confirmed, released, expired) and counter resets in driver_id_events.

@@ -55,8 +55,8 @@ DECLARE
     created idmint.new_fleet;
     new_code text;
 BEGIN
-    IF name IS NULL OR name = '' THEN
-        PERFORM idmint._error('invalid_argument', 'fleet name must not be NULL or empty');
+    IF name IS NULL OR name !~ '[^[:space:]]' THEN
+        PERFORM idmint._error('invalid_argument', 'fleet name must not be NULL, empty or blank');
     ELSIF length(name) > 200 THEN
         PERFORM idmint._error('invalid_argument',
             format('fleet name is %s characters long; at most 200 are allowed', length(name)));

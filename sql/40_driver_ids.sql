@@ -58,6 +58,12 @@ DECLARE
     n_new integer;
     active_reserved integer := 0;
 BEGIN
+    -- A key must fit the unique index (2704 bytes at most, after compression).
+    IF octet_length(_issue.request_key) > 1000 THEN
+        PERFORM idmint._error('invalid_argument',
+            format('request_key of %s bytes is too long', octet_length(_issue.request_key)),
+            'use a request_key of at most 1000 bytes, e.g. a uuid or a hash of the request');
+    END IF;
     SELECT * INTO f FROM idmint.fleets x WHERE x.fleet_id = _issue.fleet FOR NO KEY UPDATE;
     at := clock_timestamp();  -- after the lock: a reservation lives its ttl from when it is made
 
@@ -95,6 +101,9 @@ BEGIN
             CASE WHEN active_reserved > 0
                  THEN format('%s number(s) of this fleet are held by active reservations: release them'
                              ' (idmint.release_driver_id) or wait for them to expire', active_reserved)
+                 WHEN n_reuse + f.max_drivers - f.last_number > 0
+                 THEN format('the fleet is close to its max_drivers (%s); a fleet holds at most 999 ids:'
+                             ' create another fleet with idmint.add_fleet', f.max_drivers)
                  ELSE format('the fleet has issued every number up to its max_drivers (%s); a fleet holds'
                              ' at most 999 ids: create another fleet with idmint.add_fleet', f.max_drivers)
             END || CASE WHEN n > 1 AND n_reuse + f.max_drivers - f.last_number > 0
@@ -299,15 +308,19 @@ RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The hold in elapsed seconds: months, years and days are otherwise calendar units when
+    -- added to a time (a month minus 29 days can hold a day or more, a day 25 hours).
+    secs constant numeric := extract(epoch FROM ttl);
 BEGIN
-    IF ttl IS NULL OR ttl <= interval '0' OR ttl > interval '1 day' THEN
+    IF ttl IS NULL OR secs <= 0 OR secs > 86400 THEN
         PERFORM idmint._error('invalid_argument', format('ttl %s is out of range', coalesce(ttl::text, 'NULL')),
                               'ttl must be positive and at most 1 day');
     END IF;
     RETURN (SELECT i.driver_id
             FROM idmint._issue(idmint._fleet_id(fleet), 1, NULL, 'reserve',
                                coalesce(reserved_by, current_setting('application_name') || ' pid ' || pg_backend_pid()),
-                               ttl, reserved_by IS NOT NULL) i);
+                               make_interval(secs => secs), reserved_by IS NOT NULL) i);
 END
 $$;
 COMMENT ON FUNCTION idmint.reserve_driver_id(uuid, text, interval) IS
@@ -338,12 +351,19 @@ COMMENT ON FUNCTION idmint._lock_fleet_of(text) IS 'Parse a driver id and lock i
 -- that holder reserved; a call presenting none, only on what was reserved (or assigned)
 -- without naming a holder. So a holder whose reservation expired never gets the number
 -- that someone else then reserved or was assigned.
+-- Contract §3: a named holder's number answers only to that holder; one taken without a
+-- holder answers to any call, except to a holder who reserved this number before (its
+-- reservation expired or was released): that holder gets ID006, never someone else's id.
 CREATE FUNCTION idmint._holds(d idmint.driver_numbers, reserved_by text) RETURNS boolean
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN reserved_by IS NULL THEN NOT d.holder_named
-                ELSE d.holder_named AND d.reserved_by = reserved_by END
+    SELECT CASE WHEN d.holder_named THEN coalesce(d.reserved_by = _holds.reserved_by, false)
+                WHEN _holds.reserved_by IS NULL THEN true
+                ELSE NOT EXISTS (SELECT FROM idmint.driver_id_events e
+                                 WHERE e.fleet_id = d.fleet_id AND e.number = d.number
+                                   AND e.event = 'reserved' AND e.reserved_by = _holds.reserved_by)
+           END
 $$;
 COMMENT ON FUNCTION idmint._holds(idmint.driver_numbers, text) IS
     'True when a call presenting reserved_by may act on this reservation (the holder rule)';

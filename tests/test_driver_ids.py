@@ -76,6 +76,7 @@ def test_add_fleet_generates_a_free_code_and_keeps_a_given_uuid(db: psycopg.Conn
         (("x", "ABC", None), "ID003"),
         ((None, "ABC", 10), "ID003"),
         (("", "ABC", 10), "ID003"),
+        (("  \t", "ABC", 10), "ID003"),  # a blank name names nothing
     ],
 )
 def test_add_fleet_rejects_bad_input(
@@ -183,6 +184,7 @@ def test_id001_hint_names_what_would_help(db: psycopg.Connection) -> None:
         db.execute("SELECT idmint.next_driver_ids('TNY', 5)")
     hint = info.value.diag.message_hint or ""
     assert "ask for at most 2" in hint and "release" not in hint
+    assert "issued every number" not in hint and "close to its max_drivers" in hint
     # Full, nothing reserved: the cap, not reservations.
     next_id(db, "TNY")
     next_id(db, "TNY")

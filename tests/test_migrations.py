@@ -443,3 +443,28 @@ def test_a_role_outside_idmint_user_is_told_it_lacks_usage(
         assert caught.value.hint and caught.value.hint.startswith("grant idmint_user to it")
     finally:
         db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_missing_roles_that_cannot_be_created_stop_the_install_with_their_statements() -> None:
+    """Roles missing, no CREATEROLE: ID003 with the CREATE ROLE hint, nothing left behind (§0).
+
+    The shared test cluster has the roles already, so this needs a cluster of its own.
+    """
+    from idmint.cluster import LocalCluster
+
+    with LocalCluster({"fsync": "off"}, embedded=False) as pg:
+        with psycopg.connect(pg.dsn, autocommit=True) as su:
+            su.execute("CREATE ROLE owner LOGIN NOCREATEROLE")
+            su.execute("CREATE DATABASE app OWNER owner")
+        as_owner = psycopg.conninfo.make_conninfo(pg.dsn_for("app"), user="owner")
+        with pytest.raises(IdmintError) as caught:
+            migrate(as_owner)
+        assert caught.value.sqlstate == "ID003"
+        assert "CREATE ROLE idmint_user NOLOGIN" in str(caught.value.hint)
+        assert "CREATE ROLE idmint_admin NOLOGIN IN ROLE idmint_user" in str(caught.value.hint)
+        with psycopg.connect(pg.dsn_for("app")) as conn:
+            left = conn.execute(
+                "SELECT to_regnamespace('idmint'), to_regclass('public._yoyo_migration'),"
+                " (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'idmint%')"
+            ).fetchone()
+        assert left == (None, None, 0)

@@ -36,17 +36,18 @@ def test_a_late_confirm_never_takes_over_another_holders_reservation(
             db.execute("SELECT idmint.confirm_driver_id(%s, %s)", [bob, holder])
 
 
-def test_a_reservation_made_without_a_holder_answers_to_calls_without_one(
+def test_a_reservation_made_without_a_holder_answers_to_any_call(
     db: psycopg.Connection, fleet: str
 ) -> None:
+    """Contract §3: one made without an explicit reserved_by can be confirmed by any call."""
     rid = str(scalar(db, "SELECT idmint.reserve_driver_id('ABC')"))
-    with raises_sqlstate("ID006"):  # a named holder never gets someone else's number
-        db.execute("SELECT idmint.confirm_driver_id(%s, 'anyone')", [rid])
-    assert scalar(db, "SELECT idmint.release_driver_id(%s, 'anyone')", [rid]) is False
+    assert scalar(db, "SELECT idmint.confirm_driver_id(%s, 'anyone')", [rid]) == rid
     assert scalar(db, "SELECT idmint.confirm_driver_id(%s)", [rid]) == rid
-    assert scalar(db, "SELECT idmint.confirm_driver_id(%s)", [rid]) == rid
+    assert scalar(db, "SELECT idmint.confirm_driver_id(%s, 'someone else')", [rid]) == rid
     other = str(scalar(db, "SELECT idmint.reserve_driver_id('ABC')"))
-    assert scalar(db, "SELECT idmint.release_driver_id(%s)", [other]) is True
+    assert scalar(db, "SELECT idmint.release_driver_id(%s, 'anyone')", [other]) is True
+    third = str(scalar(db, "SELECT idmint.reserve_driver_id('ABC')"))
+    assert scalar(db, "SELECT idmint.release_driver_id(%s)", [third]) is True
 
 
 @pytest.mark.parametrize("taker", ["next_driver_id('ABC')", "reserve_driver_id('ABC')"])

@@ -31,6 +31,7 @@ from ._resources import migrations_dir
 # Defined in errors (exported as idmint.MigrationError ...), kept importable from here.
 from .errors import DataCounts as DataCounts
 from .errors import DataLossRefused as DataLossRefused
+from .errors import InvalidArgumentError, raise_translated
 from .errors import MigrationError as MigrationError
 
 LOCK_TIMEOUT_S = 120
@@ -289,6 +290,27 @@ def _require(st: _State, *, create: bool, change: bool, action: str = "migrate")
         )
 
 
+def _require_roles(conn: psycopg.Connection[Any]) -> None:
+    """Raise ID003 with the CREATE ROLE statements when idmint's roles are missing and the
+    role may not create them: the same refusal as sql/00_schema.sql, before yoyo creates
+    its own tables, so nothing at all is left behind."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pg_catalog.pg_roles"
+        "        WHERE rolname IN ('idmint_user', 'idmint_admin')) = 2"
+        "    OR rolcreaterole OR rolsuper, current_user"
+        " FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if row is None or row[0]:
+        return
+    raise InvalidArgumentError(
+        f"idmint needs the roles idmint_user and idmint_admin, and role {row[1]} may not"
+        " create them",
+        sqlstate="ID003",
+        hint="a DBA creates them once per cluster: CREATE ROLE idmint_user NOLOGIN;"
+        " CREATE ROLE idmint_admin NOLOGIN IN ROLE idmint_user;",
+    )
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 
@@ -321,10 +343,12 @@ def migrate_outcome(dsn: str) -> Outcome:
     ids = [m.id for m in migrations]
     with _connect(dsn) as conn:
         st = _inspect(conn, ids)
-    adopt, pending = _plan(st, ids)
-    if not adopt and not pending:
-        return Outcome([], [])
-    _require(st, create=bool(pending), change=bool(pending))
+        adopt, pending = _plan(st, ids)
+        if not adopt and not pending:
+            return Outcome([], [])
+        _require(st, create=bool(pending), change=bool(pending))
+        if pending:
+            _require_roles(conn)
     backend = get_backend(yoyo_url(dsn))
     try:
         with backend.lock(timeout=LOCK_TIMEOUT_S):
@@ -334,7 +358,11 @@ def migrate_outcome(dsn: str) -> Outcome:
             if adopt:
                 backend.mark_migrations([m for m in migrations if m.id in adopt])
             todo = backend.to_apply(migrations)
-            backend.apply_migrations(todo)
+            try:
+                backend.apply_migrations(todo)
+            except psycopg.Error as exc:
+                # idmint's own refusals (ID003: roles missing) arrive as IdmintErrors.
+                raise_translated(exc)
             return Outcome([m.id for m in todo], adopt)
     finally:
         backend.connection.close()
