@@ -200,7 +200,7 @@ COMMENT ON TABLE idmint.entity_ranges IS
 
 -- 200 shards per type, each owning 5 000 numbers of the secret partition. A transaction
 -- that issues from a shard holds the shard's row lock to its end; other issuers skip it
--- (FOR UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
+-- (FOR NO KEY UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
 -- once per transaction, at commit (trigger entity_shards_flush), from the rows the
 -- transaction inserted into entity_numbers, never per call and never from a value an app
 -- could set.
@@ -245,18 +245,17 @@ CREATE INDEX entity_numbers_issued_xid ON idmint.entity_numbers (issued_xid);
 COMMENT ON TABLE idmint.entity_numbers IS
     'Every entity number issued: when, how (gen, claim, bind = by the trigger, backfill), by whom, and when an app row bound it';
 
--- The free numbers of a shard that is 75 % full or more (its deck), each at a secret
--- random 60-bit position: a deal takes the run of cards from a random point on, so the
--- order is a secure shuffle and there is no cursor a rollback could reveal.
+-- The free numbers of a shard that is 75 % full or more (its deck). A deal takes a
+-- uniformly random subset of the cards, drawn afresh for every call (see sql/50), so the
+-- deck needs no stored order and a rolled-back deal leaves nothing behind to replay.
 CREATE TABLE idmint.entity_free (
     prefix integer  NOT NULL,
     shard  smallint NOT NULL,
-    pos    bigint   NOT NULL,
-    number integer  NOT NULL UNIQUE,
-    PRIMARY KEY (prefix, shard, pos) INCLUDE (number)
+    number integer  NOT NULL,
+    PRIMARY KEY (prefix, shard, number)
 );
 COMMENT ON TABLE idmint.entity_free IS
-    'Free numbers of nearly full entity shards at secret random positions (dealt from a random point)';
+    'Free numbers of nearly full entity shards (their decks), dealt as uniformly random subsets';
 
 -- ==== sql/14_binding_tables.sql ====
 -- Provisional bindings of the triggers (assign_driver_id, assign_entity_number).
@@ -1314,8 +1313,8 @@ COMMENT ON FUNCTION idmint.assign_driver_id() IS
 -- Engine (docs/DESIGN.md has the reasoning and the measurements):
 --  * Shards. Each type's 1 000 000 numbers are split by a secret random partition
 --    (entity_ranges.shard_key) into 200 shards of 5 000 numbers spread over the whole range.
---    A transaction issues only from shards it holds: it locks them with FOR UPDATE SKIP
---    LOCKED, chosen at random weighted by their free numbers, and keeps them to its end.
+--    A transaction issues only from shards it holds: it locks them with FOR NO KEY UPDATE
+--    SKIP LOCKED, chosen at random weighted by their free numbers, and keeps them to its end.
 --    So no issuer waits for another, and an insert into a held shard never meets another
 --    transaction's uncommitted number. A call waits only when the shards nobody holds
 --    cannot supply it; then it locks the rest in shard order and decides on committed
@@ -1328,9 +1327,9 @@ COMMENT ON FUNCTION idmint.assign_driver_id() IS
 --    the shards. How many numbers a transaction took from each shard is also kept as a
 --    hint in a transaction-local setting, read by its own later calls only.
 --  * Within a shard: random members with an index probe while it keeps 1 250 free (at
---    most 4 probes per number); then a deck of its free numbers, each at a secret random
---    position, built once (bounded by the shard: 5 000 probes); a call deals the run of
---    cards from a fresh random point on, so there is no cursor a rollback could reveal.
+--    most 4 probes per number); then a deck of its free numbers, built once (bounded by
+--    the shard: 5 000 probes); a call deals a uniformly random subset of the cards, drawn
+--    afresh each time, so there is no cursor or stored order a rollback could reveal.
 --  * Numbers come out in draw order (random). Claims take the number's own shard (and
 --    wait if another open transaction holds it: see _claim_entity_number); un-issues put
 --    numbers back.
@@ -1441,20 +1440,8 @@ COMMENT ON FUNCTION idmint._entity_prefix(text) IS
 -- (SET LOCAL): that misleads only its own calls (a wrong plan, at worst ID005 for itself),
 -- never the committed counts, which the commit-time count takes from the rows themselves.
 
--- A secret random deck position: 60 bits from the strong source.
-CREATE FUNCTION idmint._random_pos() RETURNS bigint
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    -- 60 of the uuid's random bits: its text without the version digit (character 15).
-    SELECT ('x' || substr(u, 1, 8) || substr(u, 10, 4) || substr(u, 16, 3))::bit(60)::bigint
-    FROM (SELECT gen_random_uuid()::text AS u) g
-$$;
-COMMENT ON FUNCTION idmint._random_pos() IS 'A uniformly random 60-bit deck position from gen_random_uuid()';
-
-
--- Build a shard's deck: its free numbers, each under a secret random 60-bit position
--- (bounded: 5 000 probes and at most 1 250 cards, once per shard). `expected` is the free
+-- Build a shard's deck: its free numbers (bounded: 5 000 probes and at most 1 250 cards,
+-- once per shard). `expected` is the free
 -- count the shard state says; a mismatch is an internal inconsistency, never ignored.
 -- `taken`: the shard held no number before the calling statement took exactly these (the
 -- caller knows: it took the empty shard itself), so the free ones are the other members,
@@ -1470,16 +1457,14 @@ DECLARE
     base constant integer := prefix * 1000000;
     got integer;
 BEGIN
-    INSERT INTO idmint.entity_free (prefix, shard, pos, number)
-    SELECT _entity_build_deck.prefix, _entity_build_deck.shard,
-           ('x' || substr(x.u, 1, 8) || substr(x.u, 10, 4) || substr(x.u, 16, 3))::bit(60)::bigint, x.number
-    FROM (SELECT m.number, gen_random_uuid()::text AS u
-          FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
-                           - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
-                FROM generate_series(0, 4999) AS q) m
-          -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
-          WHERE CASE WHEN taken IS NULL THEN (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL
-                     ELSE m.number NOT IN (SELECT unnest(taken)) END) x;
+    INSERT INTO idmint.entity_free (prefix, shard, number)
+    SELECT _entity_build_deck.prefix, _entity_build_deck.shard, m.number
+    FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
+                     - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
+          FROM generate_series(0, 4999) AS q) m
+    -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
+    WHERE CASE WHEN taken IS NULL THEN (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL
+               ELSE m.number NOT IN (SELECT unnest(taken)) END;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF got <> expected THEN
         PERFORM idmint._error('entity_range_exhausted',
@@ -1513,7 +1498,7 @@ COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
 -- Take one shard of a type with sparse room (at least 1 250 free, no deck, not in
 -- `held`), picked with probability proportional to its free numbers: 24 random
 -- (shard, u) pairs from the strong source, the first shard with u * 5 000 < free that
--- nobody holds (FOR UPDATE SKIP LOCKED: never waits) -- 24 index probes instead of
+-- nobody holds (FOR NO KEY UPDATE SKIP LOCKED: never waits) -- 24 index probes instead of
 -- reading, weighting and sorting all 200 shard rows. This transaction becomes its holder
 -- in the same statement (which queues its commit-time count; the caller has said SET
 -- CONSTRAINTS ... DEFERRED). `maybe_mine`: the transaction may have issued numbers
@@ -1543,7 +1528,7 @@ BEGIN
           AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
         ORDER BY c.i
         LIMIT 1
-        FOR UPDATE OF x SKIP LOCKED
+        FOR NO KEY UPDATE OF x SKIP LOCKED
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = pg_current_xact_id(),
@@ -1675,7 +1660,6 @@ DECLARE
     m integer;
     s integer;
     need integer;
-    got integer;
     j integer;
     setting text;
     total integer;
@@ -1685,8 +1669,6 @@ DECLARE
     draws integer;
     rounds integer;
     lim integer;
-    start bigint;
-    last_pos bigint;
     nums integer[] := '{}';
     got_nums integer[];
     shard_nums integer[];
@@ -1770,9 +1752,9 @@ BEGIN
                         FROM idmint.entity_shards x
                         JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
                         WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
-                        ORDER BY 3 DESC
+                        ORDER BY 4 DESC
                         LIMIT kk
-                        FOR UPDATE OF x SKIP LOCKED
+                        FOR NO KEY UPDATE OF x SKIP LOCKED
                     ), a AS (
                         UPDATE idmint.entity_shards x
                         SET holder = me,
@@ -1789,22 +1771,32 @@ BEGIN
             END IF;
         ELSIF phase = 5 THEN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
-            WITH z AS (
-                SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
-                WHERE x.prefix = p AND x.shard <> ALL (held)
-                ORDER BY x.shard FOR UPDATE
-            ), a AS (
-                UPDATE idmint.entity_shards x
-                        SET holder = me,
-                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
-                                                          AND has_rows
-                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
-                        FROM z
-                WHERE x.prefix = z.prefix AND x.shard = z.shard
-                RETURNING x.shard, z.issued, x.deck
-            )
-            SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.shard)
-            INTO fresh FROM a;
+            BEGIN
+                WITH z AS (
+                    SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
+                    WHERE x.prefix = p AND x.shard <> ALL (held)
+                    ORDER BY x.shard FOR NO KEY UPDATE
+                ), a AS (
+                    UPDATE idmint.entity_shards x
+                    SET holder = me,
+                        issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
+                                                 THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+                    FROM z
+                    WHERE x.prefix = z.prefix AND x.shard = z.shard
+                    RETURNING x.shard, z.issued, x.deck
+                )
+                SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.shard)
+                INTO fresh FROM a;
+            EXCEPTION WHEN deadlock_detected THEN
+                -- Two short calls, each waiting for a shard the other's transaction holds:
+                -- neither could ever succeed. This one gives up with ID005 (the contract's
+                -- only outcome of a wait besides success); the other waits on for its end.
+                SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
+                PERFORM idmint._error('entity_range_exhausted',
+                    format('entity type %s (%s): fewer than %s free numbers are not held by open transactions, '
+                           'and a transaction holding the rest is waiting for this one', p, type_name, n),
+                    'ask for fewer, or retry once the other transactions have ended');
+            END;
         END IF;
         IF fresh IS NOT NULL THEN
             st := st || fresh;
@@ -1934,33 +1926,19 @@ BEGIN
                 st[j][4] := 1;
                 newdeck := newdeck || s;
             END IF;
-            -- Deal k cards: the run of positions from a fresh random point on (wrapping
-            -- around). The positions are a secret shuffle, so to anyone who cannot read
-            -- the table these are k uniformly random free numbers in random order; a
-            -- rolled-back deal tells nothing about the next one (a new random point).
-            start := idmint._random_pos();
-            SELECT array_agg(z.number ORDER BY z.pos), max(z.pos), count(*) INTO got_nums, last_pos, got
-            FROM (SELECT z.pos, z.number FROM idmint.entity_free z
-                  WHERE z.prefix = p AND z.shard = s AND z.pos >= start
-                  ORDER BY z.pos LIMIT k) z;
-            IF got > 0 THEN
-                DELETE FROM idmint.entity_free f
-                WHERE f.prefix = p AND f.shard = s AND f.pos BETWEEN start AND last_pos;
-            END IF;
-            IF got < k THEN
-                -- Wrap around: the cards left are all below `start`.
-                SELECT coalesce(got_nums, '{}') || array_agg(z.number ORDER BY z.pos), max(z.pos)
-                INTO got_nums, last_pos
-                FROM (SELECT z.pos, z.number FROM idmint.entity_free z
-                      WHERE z.prefix = p AND z.shard = s
-                      ORDER BY z.pos LIMIT k - got) z;
-                DELETE FROM idmint.entity_free f
-                WHERE f.prefix = p AND f.shard = s AND f.pos <= last_pos;
-            END IF;
+            -- Deal k cards: a uniformly random k-subset of the deck in random order (a
+            -- fresh uuid per card from the strong source; at most 1 250 cards). Every free
+            -- number of the shard is equally likely, and each deal is drawn anew, so a
+            -- rolled-back deal tells nothing about the next one.
+            SELECT array_agg(z.number ORDER BY z.u) INTO got_nums
+            FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
+                  WHERE f.prefix = p AND f.shard = s
+                  ORDER BY 2 LIMIT k) z;
             IF cardinality(got_nums) IS DISTINCT FROM k THEN
                 PERFORM idmint._error('entity_range_exhausted',
                     format('entity type %s: the deck of shard %s is short of its count', p, s));
             END IF;
+            DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = ANY (got_nums);
             nums := nums || got_nums;
         END IF;
         st[j][3] := st[j][3] + k;
@@ -2177,7 +2155,7 @@ BEGIN
         SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
         WITH z AS (
             SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
-            WHERE x.prefix = p AND x.shard = s FOR UPDATE
+            WHERE x.prefix = p AND x.shard = s FOR NO KEY UPDATE
         )
         UPDATE idmint.entity_shards x
         SET holder = me,
@@ -2189,7 +2167,7 @@ BEGIN
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
     VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
     IF now_deck THEN
-        DELETE FROM idmint.entity_free f WHERE f.number = v;  -- its card leaves the deck
+        DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;  -- its card leaves
     END IF;
     -- The hint: one more number of this shard (added first if new: the generators keep
     -- using the shards they took last).
@@ -2257,9 +2235,9 @@ BEGIN
         RETURNING u.p, u.s, u.xs, y.deck
     LOOP
         IF g.deck THEN
-            -- Back into the deck, at fresh random positions.
-            INSERT INTO idmint.entity_free (prefix, shard, pos, number)
-            SELECT g.p, g.s, idmint._random_pos(), u.x FROM unnest(g.xs) AS u(x);
+            -- Back into the deck.
+            INSERT INTO idmint.entity_free (prefix, shard, number)
+            SELECT g.p, g.s, u.x FROM unnest(g.xs) AS u(x);
         END IF;
         setting := current_setting('idmint.entity_' || g.p, true);
         st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;

@@ -40,7 +40,7 @@ COMMENT ON TABLE idmint.entity_ranges IS
 
 -- 200 shards per type, each owning 5 000 numbers of the secret partition. A transaction
 -- that issues from a shard holds the shard's row lock to its end; other issuers skip it
--- (FOR UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
+-- (FOR NO KEY UPDATE SKIP LOCKED). `issued` counts the shard's committed numbers: it is raised
 -- once per transaction, at commit (trigger entity_shards_flush), from the rows the
 -- transaction inserted into entity_numbers, never per call and never from a value an app
 -- could set.
@@ -85,15 +85,14 @@ CREATE INDEX entity_numbers_issued_xid ON idmint.entity_numbers (issued_xid);
 COMMENT ON TABLE idmint.entity_numbers IS
     'Every entity number issued: when, how (gen, claim, bind = by the trigger, backfill), by whom, and when an app row bound it';
 
--- The free numbers of a shard that is 75 % full or more (its deck), each at a secret
--- random 60-bit position: a deal takes the run of cards from a random point on, so the
--- order is a secure shuffle and there is no cursor a rollback could reveal.
+-- The free numbers of a shard that is 75 % full or more (its deck). A deal takes a
+-- uniformly random subset of the cards, drawn afresh for every call (see sql/50), so the
+-- deck needs no stored order and a rolled-back deal leaves nothing behind to replay.
 CREATE TABLE idmint.entity_free (
     prefix integer  NOT NULL,
     shard  smallint NOT NULL,
-    pos    bigint   NOT NULL,
-    number integer  NOT NULL UNIQUE,
-    PRIMARY KEY (prefix, shard, pos) INCLUDE (number)
+    number integer  NOT NULL,
+    PRIMARY KEY (prefix, shard, number)
 );
 COMMENT ON TABLE idmint.entity_free IS
-    'Free numbers of nearly full entity shards at secret random positions (dealt from a random point)';
+    'Free numbers of nearly full entity shards (their decks), dealt as uniformly random subsets';

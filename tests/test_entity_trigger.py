@@ -306,7 +306,7 @@ def test_app_role_can_generate_claim_and_read(
     [
         "INSERT INTO idmint.entity_numbers (number, how) VALUES (1000001, 'gen')",
         "INSERT INTO idmint.entity_ranges (prefix, name) VALUES (8, 'evil')",
-        "INSERT INTO idmint.entity_free (prefix, shard, pos, number) VALUES (1, 1, 1, 1000001)",
+        "INSERT INTO idmint.entity_free (prefix, shard, number) VALUES (1, 1, 1000001)",
         "UPDATE idmint.entity_shards SET issued = 0",
         "UPDATE idmint.entity_ranges SET alerted = 0",
         "SELECT * FROM idmint.entity_shards",
