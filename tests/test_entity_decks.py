@@ -11,6 +11,7 @@ undoes them like a rolled-back transaction: the numbers, the shard holding and t
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter, defaultdict
 
@@ -119,14 +120,14 @@ def test_a_rolled_back_deal_says_nothing_about_the_next(
     # successors over its shard's other 59 (the most common one: about 1 in 8).
     followers: dict[str, Counter[str]] = defaultdict(Counter)
     for d in draws:
-        for x, y in zip(d, d[1:]):
+        for x, y in itertools.pairwise(d):
             followers[x][y] += 1
     share = sum(c.most_common(1)[0][1] for c in followers.values()) / sum(
         sum(c.values()) for c in followers.values()
     )
     assert share < 0.35, share
     # Consecutive deals share about 0.2 numbers on average (same shard half the time).
-    overlap = sum(len(set(a) & set(b)) for a, b in zip(draws, draws[1:])) / (len(draws) - 1)
+    overlap = sum(len(set(a) & set(b)) for a, b in itertools.pairwise(draws)) / (len(draws) - 1)
     assert overlap < 1, overlap
 
 
@@ -157,6 +158,6 @@ def test_two_short_calls_never_deadlock(connect: Connect, nearly_full: set[str])
     winner = a if out[a] == PER_SHARD else b
     winner.commit()
     assert issued(winner, PREFIX) == 1_000_000 - 2 * PER_SHARD + 1 + PER_SHARD
-    assert scalar(winner, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = 9") == (
-        1_000_000 - 2 * PER_SHARD + 1 + PER_SHARD
-    )
+    assert scalar(
+        winner, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = 9"
+    ) == (1_000_000 - 2 * PER_SHARD + 1 + PER_SHARD)
