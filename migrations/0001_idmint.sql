@@ -975,6 +975,9 @@ BEGIN
     WHERE p.pending_id IN (SELECT x.pending_id FROM idmint.pending_bindings x
                            WHERE x.xid IS DISTINCT FROM pg_current_xact_id_if_assigned()
                            FOR UPDATE SKIP LOCKED);
+    -- Entity capacity thresholds that no commit could see when it crossed them (see
+    -- idmint._entity_alert): sent now, once.
+    PERFORM idmint._entity_alert(r.prefix, true) FROM idmint.entity_ranges r WHERE r.alerted < 0.95;
     IF locked IS NULL THEN
         RETURN 0;
     END IF;
@@ -2019,9 +2022,13 @@ EXECUTE FUNCTION idmint._entity_flush();
 -- at commit. Below 50 % fill nothing can be due, and it returns without a lock; from 50 %
 -- on it serialises the committing transactions of the type on the type row (for the
 -- moment of their commit only), so each crossing is sent once, by the commit that makes
--- it. (Only if transactions holding together more than 100 000 uncommitted numbers commit
--- at the same instant from below 50 % can 0.6 be sent by the next commit of the type.)
-CREATE FUNCTION idmint._entity_alert(prefix integer) RETURNS void
+-- it. Two cases cannot see the crossing at commit: transactions holding together more
+-- than 100 000 uncommitted numbers that commit at the same instant from below 50 %, and a
+-- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits). Their
+-- crossing is sent by the next commit of the type from 50 % on, or by the next cleanup
+-- run (`catch_up`: purge_expired_reservations, which skips a type whose row is locked:
+-- a committing transaction is checking it right then).
+CREATE FUNCTION idmint._entity_alert(prefix integer, catch_up boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2039,9 +2046,24 @@ BEGIN
     IF total * 2 < 1000000 THEN
         RETURN;
     END IF;
-    SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
-    WHERE r.prefix = _entity_alert.prefix FOR UPDATE;
-    -- A new snapshot, taken after the lock: it sees every commit that held it before.
+    BEGIN
+        IF catch_up THEN
+            SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
+            WHERE r.prefix = _entity_alert.prefix FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+        ELSE
+            SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
+            WHERE r.prefix = _entity_alert.prefix FOR UPDATE;
+        END IF;
+    EXCEPTION WHEN serialization_failure THEN
+        -- REPEATABLE READ / SERIALIZABLE: a commit after this snapshot changed `alerted`,
+        -- so it notified what it reached; failing this commit for that would be wrong.
+        RETURN;
+    END;
+    -- Under READ COMMITTED a new snapshot, taken after the lock: it sees every commit that
+    -- held it before.
     SELECT sum(x.issued) INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
     reached := coalesce((SELECT max(t) FROM unnest(idmint._thresholds('entity')) AS t WHERE total >= t * cap), 0);
     IF reached > level THEN
@@ -2049,13 +2071,13 @@ BEGIN
         PERFORM idmint._capacity_alert('entity', to_jsonb(_entity_alert.prefix), cap, 0, total,
                                        ARRAY(SELECT t FROM unnest(idmint._thresholds('entity')) AS t WHERE t > level));
     END IF;
-    IF reached <> level THEN
+    IF reached <> level THEN  -- (lower after un-issues: a new crossing is sent again)
         UPDATE idmint.entity_ranges r SET alerted = reached WHERE r.prefix = _entity_alert.prefix;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_alert(integer) IS
-    'At commit: notify each entity capacity threshold the type''s committed count reached for the first time (exactly once per crossing)';
+COMMENT ON FUNCTION idmint._entity_alert(integer, boolean) IS
+    'At commit (or catching up, from the cleanup): notify each entity capacity threshold the type''s committed count reached for the first time (exactly once per crossing)';
 
 -- The public generators are one-line wrappers of the allocator. Measured: calling it in
 -- FROM costs about a third of calling it in the select list (ProjectSet), per call.

@@ -473,6 +473,9 @@ BEGIN
     WHERE p.pending_id IN (SELECT x.pending_id FROM idmint.pending_bindings x
                            WHERE x.xid IS DISTINCT FROM pg_current_xact_id_if_assigned()
                            FOR UPDATE SKIP LOCKED);
+    -- Entity capacity thresholds that no commit could see when it crossed them (see
+    -- idmint._entity_alert): sent now, once.
+    PERFORM idmint._entity_alert(r.prefix, true) FROM idmint.entity_ranges r WHERE r.alerted < 0.95;
     IF locked IS NULL THEN
         RETURN 0;
     END IF;
