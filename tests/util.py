@@ -128,7 +128,5 @@ def issue_directly(db: psycopg.Connection, prefix: int, per_shard: int) -> int:
         " FROM generate_series(%(p)s * 1000000, %(p)s * 1000000 + %(c)s - 1) AS v",
         {"p": prefix, "c": count},
     )
-    db.execute(
-        "UPDATE idmint.entity_shards SET issued = %s WHERE prefix = %s", [per_shard, prefix]
-    )
+    db.execute("UPDATE idmint.entity_shards SET issued = %s WHERE prefix = %s", [per_shard, prefix])
     return count
