@@ -195,13 +195,28 @@ COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
 -- already (then those of a shard it counted already come back out of issued, see
 -- _entity_mine). Returns its hint row {{shard, issued, 0, 0}}, or NULL when
 -- no draw qualified (past about 70 % fill): then the caller's full weighted pick.
-CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[], maybe_mine boolean) RETURNS integer[]
+-- Under REPEATABLE READ or SERIALIZABLE, locking a shard that another transaction counted
+-- into after this snapshot raises 40001: such a pick is undone and drawn again (up to four
+-- times, in a subtransaction each; `guarded`: this call is that attempt). READ COMMITTED
+-- never pays for the subtransaction.
+CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[], maybe_mine boolean,
+                                           guarded boolean DEFAULT false) RETURNS integer[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     taken integer[];
 BEGIN
+    IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
+        FOR attempt IN 1 .. 4 LOOP
+            BEGIN
+                RETURN idmint._entity_take_sparse(prefix, held, maybe_mine, true);
+            EXCEPTION WHEN serialization_failure THEN
+                NULL;  -- counted into after this snapshot: draw again
+            END;
+        END LOOP;
+        RETURN NULL;
+    END IF;
     WITH c AS MATERIALIZED (
         SELECT (v % 200)::smallint AS shard, w, i
         FROM (SELECT (get_byte(u.b, o) << 8 | get_byte(u.b, o + 1)) AS v,
@@ -232,8 +247,73 @@ BEGIN
     RETURN taken;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean) IS
+COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean, boolean) IS
     'Take (hold) one unheld shard with sparse room, weighted by free numbers, without waiting; its hint row, or NULL';
+
+-- Take (hold) up to kk unheld shards of a type with more than `lim` free numbers, not in
+-- `held`, in a random order weighted by their free numbers: Efraimidis-Spirakis keys
+-- ln(u) / free (u from the strong source); LIMIT counts only the rows this call could lock
+-- (SKIP LOCKED passes over those others hold, never waiting). One 20-bit draw per shard,
+-- matched by shard number: 34 uuids, not 200. `has_rows` as `maybe_mine` above. Returns
+-- their hint rows {{shard, issued, 0, deck}}, by key, or NULL.
+-- Under REPEATABLE READ or SERIALIZABLE a shard counted into after the snapshot makes the
+-- statement fail with 40001: then the shards are taken one by one, each attempt in a
+-- subtransaction, passing over those (at most 2 kk + 4 attempts).
+CREATE FUNCTION idmint._entity_take_weighted(prefix integer, held integer[], lim integer, kk integer,
+                                             has_rows boolean, guarded boolean DEFAULT false)
+RETURNS integer[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p constant integer := _entity_take_weighted.prefix;
+    me constant xid8 := pg_current_xact_id();
+    taken integer[];
+    one integer[];
+BEGIN
+    IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
+        BEGIN
+            RETURN idmint._entity_take_weighted(p, held, lim, kk, has_rows, true);
+        EXCEPTION WHEN serialization_failure THEN
+            NULL;  -- one of them was counted into after this snapshot
+        END;
+        FOR attempt IN 1 .. 2 * kk + 4 LOOP
+            EXIT WHEN array_length(taken, 1) >= kk;
+            BEGIN
+                one := idmint._entity_take_weighted(
+                    p, held || ARRAY(SELECT taken[g][1] FROM generate_subscripts(taken, 1) AS g), lim, 1, has_rows, true);
+                EXIT WHEN one IS NULL;  -- nothing left to take
+                taken := coalesce(taken, '{}') || one;
+            EXCEPTION WHEN serialization_failure THEN
+                NULL;  -- counted into after this snapshot: pass over it
+            END;
+        END LOOP;
+        RETURN taken;
+    END IF;
+    WITH z AS (
+        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (5000 - x.issued) AS w
+        FROM idmint.entity_shards x
+        JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
+        WHERE x.prefix = p AND x.issued < 5000 - lim AND x.shard <> ALL (held)
+        ORDER BY 4 DESC
+        LIMIT kk
+        FOR NO KEY UPDATE OF x SKIP LOCKED
+    ), a AS (
+        UPDATE idmint.entity_shards x
+        SET holder = me,
+            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
+                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+        FROM z
+        WHERE x.prefix = z.prefix AND x.shard = z.shard
+        RETURNING x.shard, z.issued, x.deck, z.w
+    )
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.w DESC)
+    INTO taken FROM a;
+    RETURN taken;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_take_weighted(integer, integer[], integer, integer, boolean, boolean) IS
+    'Take (hold) up to kk unheld shards with more than lim free numbers, in a random order weighted by free numbers, without waiting; their hint rows, or NULL';
 
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
 -- a one-digit prefix or a type name. Fast path while the shard this transaction took last
@@ -433,30 +513,7 @@ BEGIN
                 FROM idmint.entity_shards y
                 WHERE y.prefix = p AND y.issued < size - lim AND y.shard <> ALL (held);
                 IF kk > 0 THEN
-                    -- Efraimidis-Spirakis keys ln(u) / free (u from the strong source) give a
-                    -- random order weighted by free numbers; LIMIT counts only the rows this
-                    -- call could lock (SKIP LOCKED passes over those others hold).
-                    -- (One 20-bit draw per shard, matched by shard number: 34 uuids, not 200.)
-                    WITH z AS (
-                        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (size - x.issued) AS w
-                        FROM idmint.entity_shards x
-                        JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
-                        WHERE x.prefix = p AND x.issued < size - lim AND x.shard <> ALL (held)
-                        ORDER BY 4 DESC
-                        LIMIT kk
-                        FOR NO KEY UPDATE OF x SKIP LOCKED
-                    ), a AS (
-                        UPDATE idmint.entity_shards x
-                        SET holder = me,
-                            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me
-                                                          AND has_rows
-                                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
-                        FROM z
-                        WHERE x.prefix = z.prefix AND x.shard = z.shard
-                        RETURNING x.shard, z.issued, x.deck, z.w
-                    )
-                    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.w DESC)
-                    INTO fresh FROM a;
+                    fresh := idmint._entity_take_weighted(p, held, lim, kk, has_rows);
                 END IF;
             END IF;
         ELSIF phase = 5 THEN

@@ -1,7 +1,9 @@
-"""Entity capacity thresholds that a commit cannot see when it crosses them (CONTRACT
-section 5 with section 4, revision 0.2): each is still sent exactly once, from committed
-state, by the next check (the next commit of the type from 50 % on, or the cleanup), and a
-REPEATABLE READ commit never fails over the threshold check.
+"""Entity numbers under snapshots and unseen commits (CONTRACT sections 4 and 5, revision
+0.2). A capacity threshold that a commit cannot see when it crosses it is still sent
+exactly once, from committed state, by the next check (the next commit of the type from
+50 % on, or the cleanup); a REPEATABLE READ commit never fails over the threshold check;
+REPEATABLE READ and SERIALIZABLE issuers pass over shards counted into after their
+snapshot instead of failing.
 
 Commits are held at a known point by the test's own deferred trigger, which waits for an
 advisory lock the test holds: it fires after idmint's commit-time count (queued later).
@@ -108,3 +110,24 @@ def test_a_second_repeatable_read_commit_does_not_fail_over_the_alert(
     b.commit()  # 0.2's first v2: 40001 here, locking the type row a changed
     assert thresholds(listener) == []
     assert issued(db, PREFIX) == 599_000 + 2 * 1_001
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_snapshot_issuers_skip_shards_counted_after_their_snapshot(
+    connect: Connect, level: str
+) -> None:
+    """A shard another transaction counted into after this snapshot cannot be locked
+    under REPEATABLE READ (40001); an issuer passes over it like a held one while other
+    shards have room, instead of failing."""
+    db = connect()
+    tx = connect(autocommit=False)
+    for _ in range(6):
+        tx.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+        tx.execute("SELECT 1")  # the snapshot
+        for _ in range(150):  # about 150 of the 200 shards counted into after it
+            gen(db, "quote", 1)
+        assert len(gen(tx, "quote", 1)) == 1
+        assert len(tx.execute("SELECT idmint.gen_entity_number('quote')").fetchall()) == 1
+        assert len(gen(tx, "quote", 12_000)) == 12_000  # several shards at once
+        tx.commit()
+    assert issued(db, 5) == 6 * (150 + 12_002)
