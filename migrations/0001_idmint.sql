@@ -217,8 +217,9 @@ CREATE TABLE idmint.entity_shards (
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE idmint.entity_shards IS
     'Entity type shards: committed count, deck flag, the transaction holding the shard (row lock) until its commit-time count';
--- The shards a transaction holds (a few rows at any time).
-CREATE INDEX entity_shards_holder ON idmint.entity_shards (holder) WHERE holder IS NOT NULL;
+-- No index on holder: it changes on every take and count, and an index on it would make
+-- each of those a non-HOT update (new entries in every index of the table). Holders are
+-- looked up by prefix (200 rows) or by shard.
 
 INSERT INTO idmint.entity_ranges (prefix, name) VALUES
     (1, 'part'), (2, 'material'), (3, 'batch'), (4, 'order'), (5, 'quote');
@@ -2024,8 +2025,10 @@ COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean
 
 -- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
 -- the transaction took the shard). The count is taken from the rows the transaction
--- inserted (entity_numbers.issued_xid), never from a setting an app could change. The
--- first firing counts every held shard of every type; later firings find none held.
+-- inserted (entity_numbers.issued_xid), never from a setting an app could change. Each
+-- firing is for one shard taken (NEW); the first counts every held shard of the types the
+-- transaction has rows in and of NEW's type (read by prefix: shard_holder has no index, so
+-- that taking and counting are HOT updates); later firings find their shard counted.
 -- Issuing again after a count (e.g. from another commit-time trigger) takes the shard
 -- again (taking its counted rows back out, see _entity_mine), which queues another firing.
 CREATE FUNCTION idmint._entity_flush() RETURNS trigger
@@ -2037,7 +2040,8 @@ DECLARE
     types integer[];
     ignored text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM idmint.entity_shards x WHERE x.holder = me) THEN
+    IF NOT EXISTS (SELECT FROM idmint.entity_shards x
+                   WHERE x.prefix = NEW.prefix AND x.shard = NEW.shard AND x.holder = me) THEN
         RETURN NULL;
     END IF;
     WITH mine AS MATERIALIZED (
@@ -2053,7 +2057,7 @@ BEGIN
         UPDATE idmint.entity_shards x
         SET issued = x.issued + coalesce((SELECT m.n FROM mine m WHERE m.prefix = x.prefix AND m.shard = x.shard), 0),
             holder = NULL
-        WHERE x.holder = me
+        WHERE x.prefix IN (SELECT m.prefix FROM mine m UNION SELECT NEW.prefix) AND x.holder = me
         RETURNING x.prefix
     )
     SELECT array_agg(DISTINCT c.prefix ORDER BY c.prefix) INTO types FROM counted c;

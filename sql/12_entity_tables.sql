@@ -57,8 +57,9 @@ CREATE TABLE idmint.entity_shards (
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE idmint.entity_shards IS
     'Entity type shards: committed count, deck flag, the transaction holding the shard (row lock) until its commit-time count';
--- The shards a transaction holds (a few rows at any time).
-CREATE INDEX entity_shards_holder ON idmint.entity_shards (holder) WHERE holder IS NOT NULL;
+-- No index on holder: it changes on every take and count, and an index on it would make
+-- each of those a non-HOT update (new entries in every index of the table). Holders are
+-- looked up by prefix (200 rows) or by shard.
 
 INSERT INTO idmint.entity_ranges (prefix, name) VALUES
     (1, 'part'), (2, 'material'), (3, 'batch'), (4, 'order'), (5, 'quote');

@@ -711,8 +711,10 @@ COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean
 
 -- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
 -- the transaction took the shard). The count is taken from the rows the transaction
--- inserted (entity_numbers.issued_xid), never from a setting an app could change. The
--- first firing counts every held shard of every type; later firings find none held.
+-- inserted (entity_numbers.issued_xid), never from a setting an app could change. Each
+-- firing is for one shard taken (NEW); the first counts every held shard of the types the
+-- transaction has rows in and of NEW's type (read by prefix: `holder` has no index, so
+-- that taking and counting are HOT updates); later firings find their shard counted.
 -- Issuing again after a count (e.g. from another commit-time trigger) takes the shard
 -- again (taking its counted rows back out, see _entity_mine), which queues another firing.
 CREATE FUNCTION idmint._entity_flush() RETURNS trigger
@@ -724,7 +726,8 @@ DECLARE
     types integer[];
     ignored text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM idmint.entity_shards x WHERE x.holder = me) THEN
+    IF NOT EXISTS (SELECT FROM idmint.entity_shards x
+                   WHERE x.prefix = NEW.prefix AND x.shard = NEW.shard AND x.holder = me) THEN
         RETURN NULL;
     END IF;
     WITH mine AS MATERIALIZED (
@@ -740,7 +743,7 @@ BEGIN
         UPDATE idmint.entity_shards x
         SET issued = x.issued + coalesce((SELECT m.n FROM mine m WHERE m.prefix = x.prefix AND m.shard = x.shard), 0),
             holder = NULL
-        WHERE x.holder = me
+        WHERE x.prefix IN (SELECT m.prefix FROM mine m UNION SELECT NEW.prefix) AND x.holder = me
         RETURNING x.prefix
     )
     SELECT array_agg(DISTINCT c.prefix ORDER BY c.prefix) INTO types FROM counted c;
