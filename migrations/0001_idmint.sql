@@ -2027,7 +2027,7 @@ COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean
 -- the transaction took the shard). The count is taken from the rows the transaction
 -- inserted (entity_numbers.issued_xid), never from a setting an app could change. Each
 -- firing is for one shard taken (NEW); the first counts every held shard of the types the
--- transaction has rows in and of NEW's type (read by prefix: shard_holder has no index, so
+-- transaction has rows in and of NEW's type (read by prefix: `holder` has no index, so
 -- that taking and counting are HOT updates); later firings find their shard counted.
 -- Issuing again after a count (e.g. from another commit-time trigger) takes the shard
 -- again (taking its counted rows back out, see _entity_mine), which queues another firing.
