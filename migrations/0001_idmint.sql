@@ -1499,16 +1499,17 @@ $$;
 COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
     'The numbers this transaction issued in a shard (its rows)';
 
--- Take one shard of a type with sparse room (at least 1 250 free, no deck, not in
--- `held`), picked with probability proportional to its free numbers: 24 random
+-- Take one shard of a type with a free number (not in `held`), picked with probability
+-- proportional to its free numbers, whether it still has sparse room or deals from a
+-- deck, so that every free number is as likely to come next: 24 random
 -- (shard, u) pairs from the strong source, the first shard with u * 5 000 < free that
 -- nobody holds (FOR NO KEY UPDATE SKIP LOCKED: never waits) -- 24 index probes instead of
 -- reading, weighting and sorting all 200 shard rows. This transaction becomes its holder
 -- in the same statement (which queues its commit-time count; the caller has said SET
 -- CONSTRAINTS ... DEFERRED). `maybe_mine`: the transaction may have issued numbers
 -- already (then those of a shard it counted already come back out of issued, see
--- _entity_mine). Returns its hint row {{shard, issued, 0, 0}}, or NULL when
--- no draw qualified (past about 70 % fill): then the caller's full weighted pick.
+-- _entity_mine). Returns its hint row {{shard, issued, 0, deck}}, or NULL when no draw
+-- qualified (likely only when the type is nearly full): then the caller's full weighted pick.
 -- Under REPEATABLE READ or SERIALIZABLE, locking a shard that another transaction counted
 -- into after this snapshot raises 40001: such a pick is undone and drawn again (up to four
 -- times, in a subtransaction each; `guarded`: this call is that attempt). READ COMMITTED
@@ -1543,7 +1544,7 @@ BEGIN
         -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
         SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
         WHERE x.prefix = _entity_take_sparse.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
-          AND x.issued < 5000 - 1250 AND NOT x.deck AND x.shard <> ALL (held)
+          AND x.issued < 5000 AND x.shard <> ALL (held)
           AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
         ORDER BY c.i
         LIMIT 1
@@ -1555,14 +1556,14 @@ BEGIN
                                      THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, z.issued  -- as committed (with this transaction's counted rows)
+        RETURNING x.shard, z.issued, x.deck  -- issued as committed (with this transaction's counted rows)
     )
-    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, 0]) INTO taken FROM a;
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer]) INTO taken FROM a;
     RETURN taken;
 END
 $$;
 COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean, boolean) IS
-    'Take (hold) one unheld shard with sparse room, weighted by free numbers, without waiting; its hint row, or NULL';
+    'Take (hold) one unheld shard with a free number, weighted by free numbers, without waiting; its hint row, or NULL';
 
 -- Take (hold) up to kk unheld shards of a type with more than `lim` free numbers, not in
 -- `held`, in a random order weighted by their free numbers: Efraimidis-Spirakis keys
@@ -1814,16 +1815,17 @@ BEGIN
         fresh := NULL;
         IF phase IN (2, 4) THEN
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
-            lim := CASE WHEN phase = 2 THEN sparse_min ELSE 0 END;
+            -- (Small calls pick among all shards with a free number, weighted by them, so
+            -- that every free number is as likely; large ones keep to sparse room first.)
+            lim := CASE WHEN phase = 2 AND n > 1000 THEN sparse_min ELSE 0 END;
             IF phase = 2 AND want <= 1000 THEN
                 fresh := idmint._entity_take_sparse(p, held, has_rows);  -- a small call needs one shard
             END IF;
             IF fresh IS NULL THEN
-                -- About how many shards cover `want` (in phase 4 a quarter more for small
-                -- calls, so that the plan takes from each in proportion: see below; large
-                -- calls take no more shards than they need, as each may need its deck built).
-                SELECT ceil(want * (CASE WHEN phase = 4 AND want < 1000 THEN 1.25 ELSE 1 END)
-                            / avg(size - y.issued - lim))::integer INTO kk
+                -- About how many shards cover `want`: no more than that, as each may need
+                -- its deck built and, near exhaustion, every shard held keeps its other
+                -- free numbers from other issuers (a phase repeats if they fall short).
+                SELECT ceil(want / avg(size - y.issued - lim))::integer INTO kk
                 FROM idmint.entity_shards y
                 WHERE y.prefix = p AND y.issued < size - lim AND y.shard <> ALL (held);
                 IF kk > 0 THEN
@@ -1868,10 +1870,15 @@ BEGIN
         END LOOP;
         IF phase <= 2 THEN
             -- Growing: fill the held shards up to their sparse limit, one after another.
+            -- A small call uses all of a shard it just picked that has no sparse room left
+            -- (its deck, built if need be): such a shard was picked for its free numbers.
             FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
                 EXIT WHEN want = 0;
                 room := size - st[j][2] - st[j][3] - take[j]
-                        - CASE WHEN st[j][4] = 0 THEN sparse_min ELSE 0 END;
+                        - CASE WHEN st[j][4] = 0
+                                    AND (n > 1000 OR st[j][3] + take[j] > 0
+                                         OR size - st[j][2] > sparse_min)
+                               THEN sparse_min ELSE 0 END;
                 IF room > 0 THEN
                     k := least(room, want);
                     take[j] := take[j] + k;
@@ -2039,6 +2046,7 @@ DECLARE
     me constant xid8 := pg_current_xact_id();
     types integer[];
     ignored text;
+    pending boolean;
 BEGIN
     IF NOT EXISTS (SELECT FROM idmint.entity_shards x
                    WHERE x.prefix = NEW.prefix AND x.shard = NEW.shard AND x.holder = me) THEN
@@ -2063,9 +2071,15 @@ BEGIN
     SELECT array_agg(DISTINCT c.prefix ORDER BY c.prefix) INTO types FROM counted c;
     -- Types in prefix order, so two committing transactions take the alert locks in the
     -- same order. The hint is spent: a later call of this transaction starts afresh.
+    -- While trigger bindings of this transaction wait to be settled, some of the numbers
+    -- just counted may be un-issued (an upsert that stored no row): the settling checks
+    -- the thresholds instead (settle_bindings), so that nothing is sent early.
+    pending := EXISTS (SELECT FROM idmint.pending_bindings b WHERE b.xid = me AND b.kind = 'entity');
     FOR i IN 1 .. coalesce(cardinality(types), 0) LOOP
         ignored := set_config('idmint.entity_' || types[i], '', true);
-        PERFORM idmint._entity_alert(types[i]);
+        IF NOT pending THEN
+            PERFORM idmint._entity_alert(types[i]);
+        END IF;
     END LOOP;
     RETURN NULL;
 END
@@ -2088,10 +2102,17 @@ EXECUTE FUNCTION idmint._entity_flush();
 -- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits). Their
 -- crossing is sent by the next commit of the type from 50 % on, or by the next cleanup
 -- run (`catch_up`: purge_expired_reservations, which skips a type whose row is locked:
--- a committing transaction is checking it right then).
+-- a committing transaction is checking it right then). A commit waits at most 500 ms for
+-- the type row: longer means that a transaction holds it past its own check (its count
+-- fired early, by SET CONSTRAINTS ALL IMMEDIATE); waiting for it would make commits wait
+-- for an open transaction, or deadlock across two types. Then this commit leaves the
+-- check to the next one (or the cleanup), as above. `alerted` never goes down: an entity
+-- type's committed count never does (an un-issue only takes back numbers that this
+-- transaction's count had just added).
 CREATE FUNCTION idmint._entity_alert(prefix integer, catch_up boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '500ms'
 AS $$
 DECLARE
     total bigint;
@@ -2118,10 +2139,13 @@ BEGIN
             SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
             WHERE r.prefix = _entity_alert.prefix FOR UPDATE;
         END IF;
-    EXCEPTION WHEN serialization_failure THEN
-        -- REPEATABLE READ / SERIALIZABLE: a commit after this snapshot changed `alerted`,
-        -- so it notified what it reached; failing this commit for that would be wrong.
-        RETURN;
+    EXCEPTION
+        WHEN serialization_failure THEN
+            -- REPEATABLE READ / SERIALIZABLE: a commit after this snapshot changed
+            -- `alerted`, so it notified what it reached; failing this commit would be wrong.
+            RETURN;
+        WHEN lock_not_available THEN
+            RETURN;  -- held past a check (see above): the next check sends it
     END;
     -- Under READ COMMITTED a new snapshot, taken after the lock: it sees every commit that
     -- held it before.
@@ -2131,8 +2155,6 @@ BEGIN
         -- Only the thresholds above the last one notified, each reached one once.
         PERFORM idmint._capacity_alert('entity', to_jsonb(_entity_alert.prefix), cap, 0, total,
                                        ARRAY(SELECT t FROM unnest(idmint._thresholds('entity')) AS t WHERE t > level));
-    END IF;
-    IF reached <> level THEN  -- (lower after un-issues: a new crossing is sent again)
         UPDATE idmint.entity_ranges r SET alerted = reached WHERE r.prefix = _entity_alert.prefix;
     END IF;
 END
@@ -2795,6 +2817,8 @@ AS $$
 DECLARE
     p idmint.pending_bindings;
     settled integer := 0;
+    types integer[] := '{}';   -- entity types whose bindings were settled
+    unissued boolean := false;
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -2806,6 +2830,9 @@ BEGIN
         RETURNING x.*
     LOOP
         settled := settled + 1;
+        IF p.kind = 'entity' AND NOT p.number / 1000000 = ANY (types) THEN
+            types := types || p.number / 1000000;
+        END IF;
         IF p.pending_id = ANY (stored) THEN
             IF p.kind = 'driver' THEN
                 UPDATE idmint.driver_numbers d SET bound = true
@@ -2823,6 +2850,7 @@ BEGIN
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
+            unissued := true;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -2845,6 +2873,12 @@ BEGIN
             VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
         END IF;
     END LOOP;
+    -- The capacity thresholds the commit-time count left to the settling (_entity_flush):
+    -- an un-issue takes its shard again, whose new count checks them; else check them now.
+    IF NOT unissued AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
+                                    WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity') THEN
+        PERFORM idmint._entity_alert(t) FROM unnest(types) AS t ORDER BY t;
+    END IF;
     RETURN settled;
 END
 $$;

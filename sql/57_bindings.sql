@@ -77,6 +77,8 @@ AS $$
 DECLARE
     p idmint.pending_bindings;
     settled integer := 0;
+    types integer[] := '{}';   -- entity types whose bindings were settled
+    unissued boolean := false;
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -88,6 +90,9 @@ BEGIN
         RETURNING x.*
     LOOP
         settled := settled + 1;
+        IF p.kind = 'entity' AND NOT p.number / 1000000 = ANY (types) THEN
+            types := types || p.number / 1000000;
+        END IF;
         IF p.pending_id = ANY (stored) THEN
             IF p.kind = 'driver' THEN
                 UPDATE idmint.driver_numbers d SET bound = true
@@ -105,6 +110,7 @@ BEGIN
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
+            unissued := true;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -127,6 +133,12 @@ BEGIN
             VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
         END IF;
     END LOOP;
+    -- The capacity thresholds the commit-time count left to the settling (_entity_flush):
+    -- an un-issue takes its shard again, whose new count checks them; else check them now.
+    IF NOT unissued AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
+                                    WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity') THEN
+        PERFORM idmint._entity_alert(t) FROM unnest(types) AS t ORDER BY t;
+    END IF;
     RETURN settled;
 END
 $$;
