@@ -1477,7 +1477,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer, integer[]) IS
-    'Build the deck of a shard (its free numbers at secret random positions); ID005 if the count disagrees';
+    'Build the deck of a shard (its free numbers); ID005 if the count disagrees';
 
 -- How many numbers this transaction holds in a shard (its rows; few for a fresh one).
 -- Taking a shard whose commit-time count already ran in this transaction (after SET
@@ -1508,29 +1508,21 @@ COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
 -- in the same statement (which queues its commit-time count; the caller has said SET
 -- CONSTRAINTS ... DEFERRED). `maybe_mine`: the transaction may have issued numbers
 -- already (then those of a shard it counted already come back out of issued, see
--- _entity_mine). Returns its hint row {{shard, issued, 0, deck}}, or NULL when no draw
--- qualified (likely only when the type is nearly full): then the caller's full weighted pick.
+-- _entity_mine). Returns its hint row {{shard, issued, mine, deck}} (issued without this
+-- transaction's rows, mine: those rows), or NULL when no draw qualified (likely only when
+-- the type is nearly full): then the caller's full weighted pick.
 -- Under REPEATABLE READ or SERIALIZABLE, locking a shard that another transaction counted
--- into after this snapshot raises 40001: such a pick is undone and drawn again (up to four
--- times, in a subtransaction each; `guarded`: this call is that attempt). READ COMMITTED
--- never pays for the subtransaction.
-CREATE FUNCTION idmint._entity_take_sparse(prefix integer, held integer[], maybe_mine boolean,
-                                           guarded boolean DEFAULT false) RETURNS integer[]
+-- into after this snapshot raises 40001: _entity_take_weighted takes the shard instead,
+-- passing over such shards one by one. READ COMMITTED never pays for that.
+CREATE FUNCTION idmint._entity_take_one(prefix integer, held integer[], maybe_mine boolean) RETURNS integer[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     taken integer[];
 BEGIN
-    IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
-        FOR attempt IN 1 .. 4 LOOP
-            BEGIN
-                RETURN idmint._entity_take_sparse(prefix, held, maybe_mine, true);
-            EXCEPTION WHEN serialization_failure THEN
-                NULL;  -- counted into after this snapshot: draw again
-            END;
-        END LOOP;
-        RETURN NULL;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN idmint._entity_take_weighted(prefix, held, 0, 1, maybe_mine);
     END IF;
     WITH c AS MATERIALIZED (
         SELECT (v % 200)::smallint AS shard, w, i
@@ -1543,7 +1535,7 @@ BEGIN
     ), z AS (
         -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
         SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
-        WHERE x.prefix = _entity_take_sparse.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
+        WHERE x.prefix = _entity_take_one.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
           AND x.issued < 5000 AND x.shard <> ALL (held)
           AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
         ORDER BY c.i
@@ -1556,13 +1548,13 @@ BEGIN
                                      THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, z.issued, x.deck  -- issued as committed (with this transaction's counted rows)
+        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck
     )
-    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer]) INTO taken FROM a;
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer]) INTO taken FROM a;
     RETURN taken;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean, boolean) IS
+COMMENT ON FUNCTION idmint._entity_take_one(integer, integer[], boolean) IS
     'Take (hold) one unheld shard with a free number, weighted by free numbers, without waiting; its hint row, or NULL';
 
 -- Take (hold) up to kk unheld shards of a type with more than `lim` free numbers, not in
@@ -1570,10 +1562,10 @@ COMMENT ON FUNCTION idmint._entity_take_sparse(integer, integer[], boolean, bool
 -- ln(u) / free (u from the strong source); LIMIT counts only the rows this call could lock
 -- (SKIP LOCKED passes over those others hold, never waiting). One 20-bit draw per shard,
 -- matched by shard number: 34 uuids, not 200. `has_rows` as `maybe_mine` above. Returns
--- their hint rows {{shard, issued, 0, deck}}, by key, or NULL.
+-- their hint rows {{shard, issued, mine, deck}} (as _entity_take_one), by key, or NULL.
 -- Under REPEATABLE READ or SERIALIZABLE a shard counted into after the snapshot makes the
--- statement fail with 40001: then the shards are taken one by one, each attempt in a
--- subtransaction, passing over those (at most 2 kk + 4 attempts).
+-- statement fail with 40001: then the candidates are taken one by one in the same weighted
+-- order, each in a subtransaction, and those that raise 40001 are passed over.
 CREATE FUNCTION idmint._entity_take_weighted(prefix integer, held integer[], lim integer, kk integer,
                                              has_rows boolean, guarded boolean DEFAULT false)
 RETURNS integer[]
@@ -1585,6 +1577,7 @@ DECLARE
     me constant xid8 := pg_current_xact_id();
     taken integer[];
     one integer[];
+    c record;
 BEGIN
     IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
         BEGIN
@@ -1592,13 +1585,20 @@ BEGIN
         EXCEPTION WHEN serialization_failure THEN
             NULL;  -- one of them was counted into after this snapshot
         END;
-        FOR attempt IN 1 .. 2 * kk + 4 LOOP
+        FOR c IN
+            SELECT x.shard FROM idmint.entity_shards x
+            JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
+            WHERE x.prefix = p AND x.issued < 5000 - lim AND x.shard <> ALL (held)
+            ORDER BY ln((d.v + 0.5) / 1048576.0) / (5000 - x.issued) DESC
+        LOOP
             EXIT WHEN array_length(taken, 1) >= kk;
             BEGIN
+                -- This candidate alone (every other shard counts as held).
                 one := idmint._entity_take_weighted(
-                    p, held || ARRAY(SELECT taken[g][1] FROM generate_subscripts(taken, 1) AS g), lim, 1, has_rows, true);
-                EXIT WHEN one IS NULL;  -- nothing left to take
-                taken := coalesce(taken, '{}') || one;
+                    p, ARRAY(SELECT g FROM generate_series(0, 199) AS g WHERE g <> c.shard), lim, 1, has_rows, true);
+                IF one IS NOT NULL THEN
+                    taken := coalesce(taken, '{}') || one;
+                END IF;
             EXCEPTION WHEN serialization_failure THEN
                 NULL;  -- counted into after this snapshot: pass over it
             END;
@@ -1620,9 +1620,9 @@ BEGIN
                                      THEN idmint._entity_mine(p, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, z.issued, x.deck, z.w
+        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck, z.w
     )
-    SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.w DESC)
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.w DESC)
     INTO taken FROM a;
     RETURN taken;
 END
@@ -1632,8 +1632,8 @@ COMMENT ON FUNCTION idmint._entity_take_weighted(integer, integer[], integer, in
 
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
 -- a one-digit prefix or a type name. Fast path while the shard this transaction took last
--- keeps sparse room (by the hint; a transaction's first number of the type takes such a
--- shard first, with _entity_take_sparse): a random member of the shard is inserted by a single
+-- keeps sparse room (by the hint; a transaction's first number of the type takes a shard
+-- first, with _entity_take_one): a random member of the shard is inserted by a single
 -- INSERT ... SELECT that also checks, in the table, that this transaction holds the shard,
 -- that it has no deck and (for a name) that the type has this name. So whatever an app
 -- sets the hint or the name cache to, the fast path never inserts where it must not; a
@@ -1660,11 +1660,11 @@ DECLARE
     got integer;
 BEGIN
     IF setting IS NULL OR setting = '' THEN
-        -- This transaction's first number of the type: take a shard with sparse room here
+        -- This transaction's first number of the type: take a shard here (weighted by its free numbers)
         -- (the general path would cost a dozen statements more).
         SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
         -- (No xid before this call: no numbers of this transaction anywhere.)
-        st := idmint._entity_take_sparse(p, '{}', pg_current_xact_id_if_assigned() IS NOT NULL);
+        st := idmint._entity_take_one(p, '{}', pg_current_xact_id_if_assigned() IS NOT NULL);
     ELSE
         st := setting::integer[];
     END IF;
@@ -1803,8 +1803,9 @@ BEGIN
 
     -- Plan how many numbers each shard gives, phase by phase, until the plan covers n:
     --  1. the shards this transaction holds, kept sparse (the most recently taken first);
-    --  2. more shards with sparse room, locked with SKIP LOCKED (never waits), in a random
-    --     order weighted by their free numbers;
+    --  2. more shards, locked with SKIP LOCKED (never waits), in a random order weighted by
+    --     their free numbers: for a small call any shard with a free number, for a large
+    --     one shards with sparse room;
     --  3. the held shards down to their last number (decks);
     --  4. any other unlocked shard with a free number;
     --  5. only now wait: lock every other shard of the type (in shard order, so two
@@ -1818,8 +1819,8 @@ BEGIN
             -- (Small calls pick among all shards with a free number, weighted by them, so
             -- that every free number is as likely; large ones keep to sparse room first.)
             lim := CASE WHEN phase = 2 AND n > 1000 THEN sparse_min ELSE 0 END;
-            IF phase = 2 AND want <= 1000 THEN
-                fresh := idmint._entity_take_sparse(p, held, has_rows);  -- a small call needs one shard
+            IF phase = 2 AND n <= 1000 THEN
+                fresh := idmint._entity_take_one(p, held, has_rows);  -- a small call needs one shard
             END IF;
             IF fresh IS NULL THEN
                 -- About how many shards cover `want`: no more than that, as each may need
@@ -1846,9 +1847,9 @@ BEGIN
                                                  THEN idmint._entity_mine(p, x.shard) ELSE 0 END
                     FROM z
                     WHERE x.prefix = z.prefix AND x.shard = z.shard
-                    RETURNING x.shard, z.issued, x.deck
+                    RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck
                 )
-                SELECT array_agg(ARRAY[a.shard::integer, a.issued, 0, a.deck::integer] ORDER BY a.shard)
+                SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.shard)
                 INTO fresh FROM a;
             EXCEPTION WHEN deadlock_detected THEN
                 -- Two short calls, each waiting for a shard the other's transaction holds:
@@ -1954,7 +1955,9 @@ BEGIN
                                         FROM idmint._random_draws(draws) WITH ORDINALITY AS x(v, i)
                                         WHERE x.v < 1045000) d) c
                             GROUP BY c.number) c
-                      WHERE (st[j][2] + st[j][3] + k - need = 0  -- nothing issued in the shard: no probe
+                      -- Nothing issued in a shard this call took (its state from the table,
+                      -- not from the hint an app could set): no probe.
+                      WHERE (st[j][2] + st[j][3] + k - need = 0 AND s = ANY (taken_now)
                              OR (SELECT true FROM idmint.entity_numbers y WHERE y.number = c.number) IS NULL)
                         AND c.number <> ALL (coalesce(shard_nums, '{}'))
                       ORDER BY c.i
@@ -1977,7 +1980,7 @@ BEGIN
             -- 1 000 numbers. So deck builds are spread over the calls that fill the type
             -- instead of all falling on the first calls past 75 %.
             IF k >= 1000 AND m - k <= sparse_min THEN
-                IF s = ANY (taken_now) AND st[j][2] = 0 THEN
+                IF s = ANY (taken_now) AND st[j][2] = 0 AND st[j][3] = 0 THEN
                     -- Empty when this call took it: its free numbers are the members this
                     -- call did not draw (no probes; 0 % fill, 100 000-number calls).
                     PERFORM idmint._entity_build_deck(p, s, key, m - k, shard_nums);
@@ -2046,7 +2049,6 @@ DECLARE
     me constant xid8 := pg_current_xact_id();
     types integer[];
     ignored text;
-    pending boolean;
 BEGIN
     IF NOT EXISTS (SELECT FROM idmint.entity_shards x
                    WHERE x.prefix = NEW.prefix AND x.shard = NEW.shard AND x.holder = me) THEN
@@ -2072,12 +2074,13 @@ BEGIN
     -- Types in prefix order, so two committing transactions take the alert locks in the
     -- same order. The hint is spent: a later call of this transaction starts afresh.
     -- While trigger bindings of this transaction wait to be settled, some of the numbers
-    -- just counted may be un-issued (an upsert that stored no row): the settling checks
-    -- the thresholds instead (settle_bindings), so that nothing is sent early.
-    pending := EXISTS (SELECT FROM idmint.pending_bindings b WHERE b.xid = me AND b.kind = 'entity');
+    -- of their type just counted may be un-issued (an upsert that stored no row): the
+    -- settling checks that type instead (settle_bindings), so that nothing is sent early.
     FOR i IN 1 .. coalesce(cardinality(types), 0) LOOP
         ignored := set_config('idmint.entity_' || types[i], '', true);
-        IF NOT pending THEN
+        IF NOT EXISTS (SELECT FROM idmint.pending_bindings b
+                       WHERE b.xid = me AND b.kind = 'entity'
+                         AND b.number BETWEEN types[i] * 1000000 AND types[i] * 1000000 + 999999) THEN
             PERFORM idmint._entity_alert(types[i]);
         END IF;
     END LOOP;
@@ -2102,17 +2105,18 @@ EXECUTE FUNCTION idmint._entity_flush();
 -- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits). Their
 -- crossing is sent by the next commit of the type from 50 % on, or by the next cleanup
 -- run (`catch_up`: purge_expired_reservations, which skips a type whose row is locked:
--- a committing transaction is checking it right then). A commit waits at most 500 ms for
--- the type row: longer means that a transaction holds it past its own check (its count
--- fired early, by SET CONSTRAINTS ALL IMMEDIATE); waiting for it would make commits wait
--- for an open transaction, or deadlock across two types. Then this commit leaves the
--- check to the next one (or the cleanup), as above. `alerted` never goes down: an entity
+-- a committing transaction is checking it right then). A commit tries for the type row
+-- for at most 500 ms, with NOWAIT and short sleeps, so it is never in a lock wait: a
+-- transaction can hold the row past its own check (its count fired early, by SET
+-- CONSTRAINTS ALL IMMEDIATE, or a slow commit-time trigger of the app runs after it), and
+-- waiting for it made commits wait for an open transaction, or deadlock across two types
+-- whatever deadlock_timeout is. After 500 ms this commit leaves the check to the next one
+-- (or the cleanup), as above. `alerted` never goes down: an entity
 -- type's committed count never does (an un-issue only takes back numbers that this
 -- transaction's count had just added).
 CREATE FUNCTION idmint._entity_alert(prefix integer, catch_up boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '500ms'
 AS $$
 DECLARE
     total bigint;
@@ -2136,16 +2140,23 @@ BEGIN
                 RETURN;
             END IF;
         ELSE
-            SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
-            WHERE r.prefix = _entity_alert.prefix FOR UPDATE;
+            FOR attempt IN 1 .. 250 LOOP
+                BEGIN
+                    SELECT r.alerted, r.capacity INTO level, cap FROM idmint.entity_ranges r
+                    WHERE r.prefix = _entity_alert.prefix FOR UPDATE NOWAIT;
+                    EXIT;
+                EXCEPTION WHEN lock_not_available THEN
+                    IF attempt = 250 THEN
+                        RETURN;  -- held past a check (see above): the next check sends it
+                    END IF;
+                    PERFORM pg_sleep(0.002);
+                END;
+            END LOOP;
         END IF;
-    EXCEPTION
-        WHEN serialization_failure THEN
-            -- REPEATABLE READ / SERIALIZABLE: a commit after this snapshot changed
-            -- `alerted`, so it notified what it reached; failing this commit would be wrong.
-            RETURN;
-        WHEN lock_not_available THEN
-            RETURN;  -- held past a check (see above): the next check sends it
+    EXCEPTION WHEN serialization_failure THEN
+        -- REPEATABLE READ / SERIALIZABLE: a commit after this snapshot changed `alerted`,
+        -- so it notified what it reached; failing this commit would be wrong.
+        RETURN;
     END;
     -- Under READ COMMITTED a new snapshot, taken after the lock: it sees every commit that
     -- held it before.
@@ -2226,6 +2237,7 @@ DECLARE
     key bytea;
     s integer;
     now_issued integer;
+    now_mine integer;
     now_deck boolean;
     setting text;
     st integer[];
@@ -2267,7 +2279,7 @@ BEGIN
             issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM me
                                      THEN idmint._entity_mine(p, s) ELSE 0 END
         FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING z.issued, x.deck INTO now_issued, now_deck;
+        RETURNING x.issued, z.issued - x.issued, x.deck INTO now_issued, now_mine, now_deck;
     END LOOP;
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
     VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
@@ -2280,7 +2292,7 @@ BEGIN
     st := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
     j := array_position(ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g), s);
     IF j IS NULL THEN
-        st := ARRAY[[s, now_issued, 1, now_deck::integer]] || st;
+        st := ARRAY[[s, now_issued, now_mine + 1, now_deck::integer]] || st;
     ELSE
         st[j][3] := st[j][3] + 1;
         st[j][4] := now_deck::integer;
@@ -2817,8 +2829,8 @@ AS $$
 DECLARE
     p idmint.pending_bindings;
     settled integer := 0;
-    types integer[] := '{}';   -- entity types whose bindings were settled
-    unissued boolean := false;
+    types integer[] := '{}';     -- entity types whose bindings were settled
+    unissued integer[] := '{}';  -- ... and those of them with a number un-issued
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -2850,7 +2862,7 @@ BEGIN
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
-            unissued := true;
+            unissued := unissued || p.number / 1000000;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -2873,12 +2885,15 @@ BEGIN
             VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
         END IF;
     END LOOP;
-    -- The capacity thresholds the commit-time count left to the settling (_entity_flush):
-    -- an un-issue takes its shard again, whose new count checks them; else check them now.
-    IF NOT unissued AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
-                                    WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity') THEN
-        PERFORM idmint._entity_alert(t) FROM unnest(types) AS t ORDER BY t;
-    END IF;
+    -- The capacity thresholds the commit-time count left to the settling (_entity_flush),
+    -- per type: an un-issue takes its shard again, whose new count checks that type (no
+    -- binding of it is pending any more); the others are checked now.
+    PERFORM idmint._entity_alert(t) FROM unnest(types) AS t
+    WHERE t <> ALL (unissued)
+      AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
+                      WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity'
+                        AND b.number BETWEEN t * 1000000 AND t * 1000000 + 999999)
+    ORDER BY t;
     RETURN settled;
 END
 $$;

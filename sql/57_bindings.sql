@@ -77,8 +77,8 @@ AS $$
 DECLARE
     p idmint.pending_bindings;
     settled integer := 0;
-    types integer[] := '{}';   -- entity types whose bindings were settled
-    unissued boolean := false;
+    types integer[] := '{}';     -- entity types whose bindings were settled
+    unissued integer[] := '{}';  -- ... and those of them with a number un-issued
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -110,7 +110,7 @@ BEGIN
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
-            unissued := true;
+            unissued := unissued || p.number / 1000000;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -133,12 +133,15 @@ BEGIN
             VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
         END IF;
     END LOOP;
-    -- The capacity thresholds the commit-time count left to the settling (_entity_flush):
-    -- an un-issue takes its shard again, whose new count checks them; else check them now.
-    IF NOT unissued AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
-                                    WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity') THEN
-        PERFORM idmint._entity_alert(t) FROM unnest(types) AS t ORDER BY t;
-    END IF;
+    -- The capacity thresholds the commit-time count left to the settling (_entity_flush),
+    -- per type: an un-issue takes its shard again, whose new count checks that type (no
+    -- binding of it is pending any more); the others are checked now.
+    PERFORM idmint._entity_alert(t) FROM unnest(types) AS t
+    WHERE t <> ALL (unissued)
+      AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
+                      WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity'
+                        AND b.number BETWEEN t * 1000000 AND t * 1000000 + 999999)
+    ORDER BY t;
     RETURN settled;
 END
 $$;

@@ -220,7 +220,7 @@ def test_two_commits_of_two_types_never_deadlock(
     commits: its check of type 8 waits for u. PostgreSQL breaks the cycle: 40P01."""
     import threading
 
-    from tests.util import issue_directly, wait_until_blocked
+    from tests.util import issue_directly, wait_for_event
 
     for p in (8, 9):
         db.execute("SELECT idmint.add_entity_type(%s, %s)", [p, f"attack2 {p}"])
@@ -244,7 +244,8 @@ def test_two_commits_of_two_types_never_deadlock(
 
     tu = threading.Thread(target=commit, args=("u", u))
     tu.start()
-    wait_until_blocked(connect(), u_pid)  # u's commit waits for t (type 9's row)
+    # u's commit polls for type 9's row, which t holds (never a lock wait)
+    wait_for_event(connect(), u_pid, "PgSleep")
     commit("t", t)
     tu.join()
     assert out == {"t": "committed", "u": "committed"}

@@ -130,3 +130,18 @@ def issue_directly(db: psycopg.Connection, prefix: int, per_shard: int) -> int:
     )
     db.execute("UPDATE idmint.entity_shards SET issued = %s WHERE prefix = %s", [per_shard, prefix])
     return count
+
+
+def wait_for_event(
+    observer: psycopg.Connection, pid: int, event: str, timeout: float = 30.0
+) -> None:
+    """Poll until backend `pid` shows `wait_event` `event` (e.g. 'PgSleep')."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = observer.execute(
+            "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [pid]
+        ).fetchone()
+        if row is not None and row[0] == event:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"backend {pid} never showed wait event {event}")
