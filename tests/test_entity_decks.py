@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 import psycopg
 import pytest
 
-from tests.util import Connect, gen, issued, scalar
+from tests.util import Connect, gen, issued, only_free, scalar
 
 PREFIX = 9
 FREE_SHARDS = (17, 123)
@@ -48,44 +48,9 @@ END $$;
 
 @pytest.fixture
 def nearly_full(db: psycopg.Connection) -> set[str]:
-    """Type 9 with 120 free numbers, 60 in each of two shards; returns them."""
-    db.execute("SELECT idmint.add_entity_type(%s, 'nearly full')", [PREFIX])
-    db.execute(
-        """
-        CREATE TEMP TABLE free AS
-        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
-        m AS (SELECT %(p)s * 1000000 + v AS number,
-                     (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
-                      + get_byte(k, 500 + v / 20000)) %% 200 AS shard
-              FROM generate_series(0, 999999) AS v, k)
-        SELECT number, shard
-        FROM (SELECT m.*, row_number() OVER (PARTITION BY shard ORDER BY random()) AS rn
-              FROM m WHERE shard = ANY (%(shards)s)) x
-        WHERE rn <= %(per)s
-        """,
-        {"p": PREFIX, "shards": list(FREE_SHARDS), "per": PER_SHARD},
-    )
-    db.execute(
-        """
-        INSERT INTO idmint.entity_numbers (number, issued_at, how, issued_by, issued_xid)
-        SELECT v, now(), 'gen', current_user, pg_current_xact_id()
-        FROM generate_series(%(p)s * 1000000, %(p)s * 1000000 + 999999) AS v
-        WHERE v NOT IN (SELECT number FROM free)
-        """,
-        {"p": PREFIX},
-    )
-    db.execute(
-        """
-        UPDATE idmint.entity_shards x
-        SET issued = 5000 - (SELECT count(*) FROM free f WHERE f.shard = x.shard),
-            deck = x.shard = ANY (%(shards)s)
-        WHERE x.prefix = %(p)s
-        """,
-        {"p": PREFIX, "shards": list(FREE_SHARDS)},
-    )
-    db.execute("INSERT INTO idmint.entity_free SELECT %s, shard, number FROM free", [PREFIX])
-    assert issued(db, PREFIX) == 1_000_000 - 2 * PER_SHARD
-    return {str(n) for (n,) in db.execute("SELECT number FROM free").fetchall()}
+    """Type 9 with 120 free numbers, 60 in each of two shards, decks built; returns them."""
+    free = only_free(db, PREFIX, {s: (PER_SHARD, True) for s in FREE_SHARDS})
+    return {str(n) for numbers in free.values() for n in numbers}
 
 
 def draw_and_undo(db: psycopg.Connection, n: int, draws: int) -> list[list[str]]:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.util import Connect, gen, issued, scalar
+from tests.util import Connect, gen, issued, only_free, scalar
 
 PREFIX = 9
 
@@ -39,61 +39,6 @@ def app_connect(connect: Connect, app_role: str) -> Connect:
         return connect(user=app_role, **kwargs)
 
     return _connect
-
-
-def only_free(db: psycopg.Connection, free: dict[int, tuple[int, bool]]) -> dict[int, set[int]]:
-    """Type 9 whose only free numbers are `free[shard][0]` random members of each listed
-    shard (with its deck built when `free[shard][1]`); every other number is issued and
-    counted. Returns the free numbers per shard."""
-    db.execute("SELECT idmint.add_entity_type(%s, 'attack2')", [PREFIX])
-    db.execute("CREATE TEMP TABLE want (shard integer, per integer)")
-    for s, (per, _) in free.items():
-        db.execute("INSERT INTO want VALUES (%s, %s)", [s, per])
-    db.execute(
-        """
-        CREATE TEMP TABLE free AS
-        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
-        m AS (SELECT %(p)s * 1000000 + v AS number,
-                     (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
-                      + get_byte(k, 500 + v / 20000)) %% 200 AS shard
-              FROM generate_series(0, 999999) AS v, k)
-        SELECT x.number, x.shard
-        FROM (SELECT m.*, row_number() OVER (PARTITION BY m.shard ORDER BY random()) AS rn
-              FROM m JOIN want w ON w.shard = m.shard) x
-        JOIN want w ON w.shard = x.shard
-        WHERE x.rn <= w.per
-        """,
-        {"p": PREFIX},
-    )
-    db.execute(
-        """
-        INSERT INTO idmint.entity_numbers (number, issued_at, how, issued_by, issued_xid)
-        SELECT v, now(), 'gen', current_user, pg_current_xact_id()
-        FROM generate_series(%(p)s * 1000000, %(p)s * 1000000 + 999999) AS v
-        WHERE v NOT IN (SELECT number FROM free)
-        """,
-        {"p": PREFIX},
-    )
-    decks = [s for s, (_, d) in free.items() if d]
-    db.execute(
-        """
-        UPDATE idmint.entity_shards x
-        SET issued = 5000 - (SELECT count(*) FROM free f WHERE f.shard = x.shard),
-            deck = x.shard = ANY (%(decks)s)
-        WHERE x.prefix = %(p)s
-        """,
-        {"p": PREFIX, "decks": decks},
-    )
-    db.execute(
-        "INSERT INTO idmint.entity_free SELECT %s, shard, number FROM free WHERE shard = ANY (%s)",
-        [PREFIX, decks],
-    )
-    out: dict[int, set[int]] = {s: set() for s in free}
-    for number, shard in db.execute("SELECT number, shard FROM free").fetchall():
-        out[shard].add(number)
-    db.execute("DROP TABLE free, want")
-    assert issued(db, PREFIX) == 1_000_000 - sum(per for per, _ in free.values())
-    return out
 
 
 # --- Uniform over the free numbers ---------------------------------------------------------
@@ -125,7 +70,7 @@ def test_a_number_in_a_shard_with_a_deck_is_as_likely_as_any_other(
     single draws should come from the deck shard; the engine's small calls pick only
     shards with sparse room (_entity_take_sparse, phase 2) while any is unheld, so a
     number of a deck shard is never the next number (0 of 300)."""
-    free = only_free(db, {17: (1300, False), 123: (1249, True)})
+    free = only_free(db, PREFIX, {17: (1300, False), 123: (1249, True)})
     app = app_connect()
     app.execute(DRAW_AND_UNDO % {"draws": 300, "call": call})
     rows = app.execute("SELECT number FROM seen").fetchall()
@@ -276,7 +221,7 @@ def test_one_number_taken_does_not_hold_the_last_free_one(
     1s. One free number is not held by any open transaction, so u must get it without
     waiting. t's single-number call took both shards (phase 4 takes a quarter more shards
     than it needs: ceil(1.25) = 2), so u waits for t and fails with 55P03."""
-    only_free(db, {17: (1, True), 123: (1, True)})
+    only_free(db, PREFIX, {17: (1, True), 123: (1, True)})
     t, u = app_connect(autocommit=False), app_connect(autocommit=False)
     scalar(t, "SELECT idmint.gen_entity_number(9)")
     u.execute("SET lock_timeout = '1s'")
@@ -294,7 +239,7 @@ def test_at_99_99_percent_single_calls_do_not_wait_while_numbers_are_untaken(
     open transaction took, the next call must not wait (lock_timeout 1s). Each call takes
     two shards (ceil(1.25 / average free)), so about the 50th call waits with about 50
     free numbers nobody took: 55P03."""
-    only_free(db, {s: (1, True) for s in range(100)})
+    only_free(db, PREFIX, {s: (1, True) for s in range(100)})
     conns = []
     for i in range(99):
         c = app_connect(autocommit=False)

@@ -145,3 +145,61 @@ def wait_for_event(
             return
         time.sleep(0.002)
     raise AssertionError(f"backend {pid} never showed wait event {event}")
+
+
+def only_free(
+    db: psycopg.Connection, prefix: int, free: dict[int, tuple[int, bool]]
+) -> dict[int, set[int]]:
+    """White-box set-up (superuser): a new type `prefix` whose only free numbers are
+    `free[shard][0]` random members of each listed shard (its deck built when
+    `free[shard][1]`), written as the engine leaves them; every other number is issued and
+    counted. Returns the free numbers per shard."""
+    db.execute("SELECT idmint.add_entity_type(%s, %s)", [prefix, f"only free {prefix}"])
+    db.execute("CREATE TEMP TABLE want (shard integer, per integer)")
+    for s, (per, _) in free.items():
+        db.execute("INSERT INTO want VALUES (%s, %s)", [s, per])
+    db.execute(
+        """
+        CREATE TEMP TABLE free AS
+        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
+        m AS (SELECT %(p)s * 1000000 + v AS number,
+                     (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
+                      + get_byte(k, 500 + v / 20000)) %% 200 AS shard
+              FROM generate_series(0, 999999) AS v, k)
+        SELECT x.number, x.shard
+        FROM (SELECT m.*, row_number() OVER (PARTITION BY m.shard ORDER BY random()) AS rn
+              FROM m JOIN want w ON w.shard = m.shard) x
+        JOIN want w ON w.shard = x.shard
+        WHERE x.rn <= w.per
+        """,
+        {"p": prefix},
+    )
+    db.execute(
+        """
+        INSERT INTO idmint.entity_numbers (number, issued_at, how, issued_by, issued_xid)
+        SELECT v, now(), 'gen', current_user, pg_current_xact_id()
+        FROM generate_series(%(p)s * 1000000, %(p)s * 1000000 + 999999) AS v
+        WHERE v NOT IN (SELECT number FROM free)
+        """,
+        {"p": prefix},
+    )
+    decks = [s for s, (_, d) in free.items() if d]
+    db.execute(
+        """
+        UPDATE idmint.entity_shards x
+        SET issued = 5000 - (SELECT count(*) FROM free f WHERE f.shard = x.shard),
+            deck = x.shard = ANY (%(decks)s)
+        WHERE x.prefix = %(p)s
+        """,
+        {"p": prefix, "decks": decks},
+    )
+    db.execute(
+        "INSERT INTO idmint.entity_free SELECT %s, shard, number FROM free WHERE shard = ANY (%s)",
+        [prefix, decks],
+    )
+    out: dict[int, set[int]] = {s: set() for s in free}
+    for number, shard in db.execute("SELECT number, shard FROM free").fetchall():
+        out[shard].add(number)
+    db.execute("DROP TABLE free, want")
+    assert issued(db, prefix) == 1_000_000 - sum(per for per, _ in free.values())
+    return out
