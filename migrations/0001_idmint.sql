@@ -285,7 +285,10 @@ CREATE TABLE idmint.pending_bindings (
     -- Issued by the backfill for a row its UPDATE is about to write: the column's own
     -- trigger may bind it once (the backfill writes each number into one row).
     awaiting_row boolean   NOT NULL DEFAULT false,
-    prior      jsonb
+    prior      jsonb,
+    -- The top-level statement that made (or last moved) the binding: a row proposed in an
+    -- earlier statement is stored or not for good, never still being written (_unstored).
+    bound_in   timestamptz NOT NULL DEFAULT statement_timestamp()
 );
 CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, number, fleet_id) NULLS NOT DISTINCT;
 COMMENT ON TABLE idmint.pending_bindings IS
@@ -1172,7 +1175,7 @@ AS $$
     VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
     ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
     SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
-        stored = p.stored OR excluded.stored
+        stored = p.stored OR excluded.stored, bound_in = excluded.bound_in
 $$;
 COMMENT ON FUNCTION idmint._pend_binding(text, uuid, integer, regclass, text, text, text, jsonb) IS
     'Record that this transaction bound (or, origin bound, unbound) a number to a row of tbl.col';
@@ -2574,7 +2577,7 @@ BEGIN
         END IF;
         -- The backfill's own numbers, written into their one row (bound already).
         WITH handed AS (
-            UPDATE idmint.pending_bindings x SET awaiting_row = false
+            UPDATE idmint.pending_bindings x SET awaiting_row = false, bound_in = statement_timestamp()
             WHERE x.xid = pg_current_xact_id() AND x.kind = 'entity' AND x.number = ANY (wanted)
               AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
             RETURNING x.number
@@ -2588,7 +2591,7 @@ BEGIN
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
             SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
             ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
-            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
+            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value, bound_in = excluded.bound_in
         )
         SELECT array_agg(b.number) INTO bound FROM b;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e
@@ -2848,6 +2851,10 @@ COMMENT ON FUNCTION idmint._rows_exist(oid, text, bigint[], text[]) IS
 -- upsert's row that met a conflict) stays bound until the commit settles it. Until then a
 -- trigger that meets the number again in another row asks here: these are its pending
 -- bindings (read-only; nothing when there are none, or the value is not one of idmint's).
+-- Only bindings of earlier top-level statements: within the statement that bound it, the
+-- row may still be on its way into the table (the app's later BEFORE triggers, CHECK
+-- constraints and policies run before it is written) and would look never stored. So
+-- `ON CONFLICT DO UPDATE SET pn = excluded.pn` stays ID004 (docs/DESIGN.md).
 CREATE FUNCTION idmint._unstored_binding(kind text, value text)
 RETURNS TABLE (pending_id bigint, tbl oid, col text, written text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -2867,7 +2874,8 @@ BEGIN
     SELECT p.pending_id, p.tbl, p.col, p.value FROM idmint.pending_bindings p
     WHERE p.xid = pg_current_xact_id_if_assigned() AND p.kind = _unstored_binding.kind AND p.number = n
       AND p.fleet_id IS NOT DISTINCT FROM fleet AND NOT p.stored AND p.origin <> 'bound'
-      AND NOT p.awaiting_row;  -- (the backfill's own: bound by its UPDATE, see bind_entity_numbers)
+      AND NOT p.awaiting_row  -- (the backfill's own: bound by its UPDATE, see bind_entity_numbers)
+      AND p.bound_in < statement_timestamp();
 END
 $$;
 COMMENT ON FUNCTION idmint._unstored_binding(text, text) IS

@@ -96,7 +96,7 @@ AS $$
     VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
     ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
     SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
-        stored = p.stored OR excluded.stored
+        stored = p.stored OR excluded.stored, bound_in = excluded.bound_in
 $$;
 COMMENT ON FUNCTION idmint._pend_binding(text, uuid, integer, regclass, text, text, text, jsonb) IS
     'Record that this transaction bound (or, origin bound, unbound) a number to a row of tbl.col';

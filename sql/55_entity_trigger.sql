@@ -76,7 +76,7 @@ BEGIN
         END IF;
         -- The backfill's own numbers, written into their one row (bound already).
         WITH handed AS (
-            UPDATE idmint.pending_bindings x SET awaiting_row = false
+            UPDATE idmint.pending_bindings x SET awaiting_row = false, bound_in = statement_timestamp()
             WHERE x.xid = pg_current_xact_id() AND x.kind = 'entity' AND x.number = ANY (wanted)
               AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
             RETURNING x.number
@@ -90,7 +90,7 @@ BEGIN
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
             SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
             ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
-            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
+            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value, bound_in = excluded.bound_in
         )
         SELECT array_agg(b.number) INTO bound FROM b;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e

@@ -74,6 +74,10 @@ COMMENT ON FUNCTION idmint._rows_exist(oid, text, bigint[], text[]) IS
 -- upsert's row that met a conflict) stays bound until the commit settles it. Until then a
 -- trigger that meets the number again in another row asks here: these are its pending
 -- bindings (read-only; nothing when there are none, or the value is not one of idmint's).
+-- Only bindings of earlier top-level statements: within the statement that bound it, the
+-- row may still be on its way into the table (the app's later BEFORE triggers, CHECK
+-- constraints and policies run before it is written) and would look never stored. So
+-- `ON CONFLICT DO UPDATE SET pn = excluded.pn` stays ID004 (docs/DESIGN.md).
 CREATE FUNCTION idmint._unstored_binding(kind text, value text)
 RETURNS TABLE (pending_id bigint, tbl oid, col text, written text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -93,7 +97,8 @@ BEGIN
     SELECT p.pending_id, p.tbl, p.col, p.value FROM idmint.pending_bindings p
     WHERE p.xid = pg_current_xact_id_if_assigned() AND p.kind = _unstored_binding.kind AND p.number = n
       AND p.fleet_id IS NOT DISTINCT FROM fleet AND NOT p.stored AND p.origin <> 'bound'
-      AND NOT p.awaiting_row;  -- (the backfill's own: bound by its UPDATE, see bind_entity_numbers)
+      AND NOT p.awaiting_row  -- (the backfill's own: bound by its UPDATE, see bind_entity_numbers)
+      AND p.bound_in < statement_timestamp();
 END
 $$;
 COMMENT ON FUNCTION idmint._unstored_binding(text, text) IS
