@@ -138,11 +138,18 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert_nothing_left(tempdir, port, before, dirs_before)
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C as at a terminal. A suite started in the background (`make test &`)
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def demo_proc() -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        [IDMINT, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
-    )
+        [IDMINT, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        preexec_fn=_interruptible,
+    )  # fmt: skip
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -292,7 +299,7 @@ def test_local_cluster_interrupted_leaves_nothing(tmp_path: Path, stage: str) ->
     env["TMPDIR"] = str(private)
     proc = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_interruptible,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
