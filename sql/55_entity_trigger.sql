@@ -76,8 +76,14 @@ BEGIN
         END IF;
         -- The backfill's own numbers, written into their one row (bound already).
         WITH handed AS (
+            -- (One look-up on the whole key per number: as `number = ANY (wanted)` or a
+            -- join, the plan read all of this transaction's pending rows per trigger row.)
             UPDATE idmint.pending_bindings x SET awaiting_row = false, bound_in = statement_timestamp()
-            WHERE x.xid = pg_current_xact_id() AND x.kind = 'entity' AND x.number = ANY (wanted)
+            WHERE x.pending_id = ANY (ARRAY(
+                      SELECT (SELECT y.pending_id FROM idmint.pending_bindings y
+                              WHERE y.xid = pg_current_xact_id() AND y.kind = 'entity' AND y.number = w.number
+                                AND y.fleet_id IS NULL)
+                      FROM unnest(wanted) AS w(number)))
               AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
             RETURNING x.number
         ), newly AS (
