@@ -285,10 +285,7 @@ CREATE TABLE idmint.pending_bindings (
     -- Issued by the backfill for a row its UPDATE is about to write: the column's own
     -- trigger may bind it once (the backfill writes each number into one row).
     awaiting_row boolean   NOT NULL DEFAULT false,
-    prior      jsonb,
-    -- The top-level statement that made (or last moved) the binding: a row proposed in an
-    -- earlier statement is stored or not for good, never still being written (_unstored).
-    bound_in   timestamptz NOT NULL DEFAULT statement_timestamp()
+    prior      jsonb
 );
 CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, number, fleet_id) NULLS NOT DISTINCT;
 COMMENT ON TABLE idmint.pending_bindings IS
@@ -1175,13 +1172,12 @@ AS $$
     VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
     ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
     SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
-        stored = p.stored OR excluded.stored, bound_in = excluded.bound_in
+        stored = p.stored OR excluded.stored
 $$;
 COMMENT ON FUNCTION idmint._pend_binding(text, uuid, integer, regclass, text, text, text, jsonb) IS
     'Record that this transaction bound (or, origin bound, unbound) a number to a row of tbl.col';
 
-CREATE FUNCTION idmint.bind_driver_id(tbl regclass, col text, fleet text, driver_id text,
-                                      unstored bigint[] DEFAULT NULL) RETURNS text
+CREATE FUNCTION idmint.bind_driver_id(tbl regclass, col text, fleet text, driver_id text) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1211,15 +1207,6 @@ BEGIN
         PERFORM idmint._error('reservation_not_active',
             format('driver id %s does not belong to fleet %s', normalized, fleet),
             'use an id reserved or issued for this row''s fleet, or leave it NULL');
-    END IF;
-    -- Bound by this transaction to a row that was not stored (the caller looked, see
-    -- idmint._unstored): bound afresh below, its pending binding follows this row.
-    IF unstored IS NOT NULL THEN
-        UPDATE idmint.driver_numbers x SET bound = false
-        FROM idmint.pending_bindings p
-        WHERE p.pending_id = ANY (unstored) AND p.xid = pg_current_xact_id() AND p.kind = 'driver'
-          AND NOT p.stored AND p.origin <> 'bound'
-          AND x.fleet_id = p.fleet_id AND x.number = p.number AND x.fleet_id = target.fleet_id;
     END IF;
     SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
     IF d.state = 'reserved' AND d.expires_at > clock_timestamp() THEN
@@ -1251,7 +1238,7 @@ BEGIN
     RETURN normalized;
 END
 $$;
-COMMENT ON FUNCTION idmint.bind_driver_id(regclass, text, text, text, bigint[]) IS
+COMMENT ON FUNCTION idmint.bind_driver_id(regclass, text, text, text) IS
     'For idmint.assign_driver_id(): give a row of tbl its driver id (NULL: the fleet''s next; reserved: confirmed; issued and unbound: bound) until commit shows whether the row was stored. ID002/ID003/ID004/ID006';
 
 CREATE FUNCTION idmint.unbind_driver_id(tbl regclass, col text, driver_id text) RETURNS void
@@ -1314,9 +1301,7 @@ BEGIN
         END IF;
     END IF;
 
-    -- An id given that this transaction bound to a row not stored (an upsert's) may go into this one.
-    new_id := idmint.bind_driver_id(tbl, id_col, new_row ->> fleet_col, new_id,
-                                    CASE WHEN new_id IS NOT NULL THEN idmint._unstored('driver', new_id) END);
+    new_id := idmint.bind_driver_id(tbl, id_col, new_row ->> fleet_col, new_id);
     IF new_id IS DISTINCT FROM new_row ->> id_col THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(id_col, new_id));
     END IF;
@@ -2507,7 +2492,7 @@ COMMENT ON FUNCTION idmint.add_entity_type(integer, text) IS
 -- "bound" once an app row carries it (entity_numbers.bound_at), settled at commit (sql/57).
 
 CREATE FUNCTION idmint.bind_entity_numbers(tbl regclass, col text, entity text, numbers text[],
-                                           how text DEFAULT 'bind', unstored bigint[] DEFAULT NULL)
+                                           how text DEFAULT 'bind')
 RETURNS text[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -2537,14 +2522,6 @@ BEGIN
         RETURN result;
     END IF;
     p := idmint._entity_prefix(entity);
-    -- Numbers this transaction bound to rows that were not stored (the caller looked,
-    -- see idmint._unstored): bound afresh below, their pending binding follows this row.
-    IF unstored IS NOT NULL THEN
-        UPDATE idmint.entity_numbers e SET bound_at = NULL
-        FROM idmint.pending_bindings x
-        WHERE x.pending_id = ANY (unstored) AND x.xid = pg_current_xact_id() AND x.kind = 'entity'
-          AND NOT x.stored AND x.origin <> 'bound' AND e.number = x.number;
-    END IF;
 
     -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
     IF array_position(numbers, NULL) IS NOT NULL THEN
@@ -2579,7 +2556,7 @@ BEGIN
         WITH handed AS (
             -- (One look-up on the whole key per number: as `number = ANY (wanted)` or a
             -- join, the plan read all of this transaction's pending rows per trigger row.)
-            UPDATE idmint.pending_bindings x SET awaiting_row = false, bound_in = statement_timestamp()
+            UPDATE idmint.pending_bindings x SET awaiting_row = false
             WHERE x.pending_id = ANY (ARRAY(
                       SELECT (SELECT y.pending_id FROM idmint.pending_bindings y
                               WHERE y.xid = pg_current_xact_id() AND y.kind = 'entity' AND y.number = w.number
@@ -2597,7 +2574,7 @@ BEGIN
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
             SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
             ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
-            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value, bound_in = excluded.bound_in
+            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e
@@ -2620,7 +2597,7 @@ BEGIN
     RETURN result;
 END
 $$;
-COMMENT ON FUNCTION idmint.bind_entity_numbers(regclass, text, text, text[], text, bigint[]) IS
+COMMENT ON FUNCTION idmint.bind_entity_numbers(regclass, text, text, text[], text) IS
     'For idmint.assign_entity_number() and the backfill: bind numbers to rows of tbl (NULL: a new one; never issued: claimed) until commit shows whether the rows were stored. ID003/ID004/ID005/ID008';
 
 CREATE FUNCTION idmint.unbind_entity_number(tbl regclass, col text, number text) RETURNS void
@@ -2668,10 +2645,8 @@ BEGIN
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
-    -- On UPDATE the old number stays issued, and bound, for ever. A number given that this
-    -- transaction bound to a row not stored (an upsert's) may go into this one.
-    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number], 'bind',
-                                              CASE WHEN new_number IS NOT NULL THEN idmint._unstored('entity', new_number) END))[1];
+    -- On UPDATE the old number stays issued, and bound, for ever.
+    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
     IF new_number IS DISTINCT FROM new_row ->> col THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
     END IF;
@@ -2852,65 +2827,6 @@ END
 $$;
 COMMENT ON FUNCTION idmint._rows_exist(oid, text, bigint[], text[]) IS
     'The ids whose value a row of tbl.col carries, with the caller''s rights (all of them when that cannot be known)';
-
--- A number this transaction bound to a row it proposed that was then not stored (an
--- upsert's row that met a conflict) stays bound until the commit settles it. Until then a
--- trigger that meets the number again in another row asks here: these are its pending
--- bindings (read-only; nothing when there are none, or the value is not one of idmint's).
--- Only bindings of earlier top-level statements: within the statement that bound it, the
--- row may still be on its way into the table (the app's later BEFORE triggers, CHECK
--- constraints and policies run before it is written) and would look never stored. So
--- `ON CONFLICT DO UPDATE SET pn = excluded.pn` stays ID004 (docs/DESIGN.md).
-CREATE FUNCTION idmint._unstored_binding(kind text, value text)
-RETURNS TABLE (pending_id bigint, tbl oid, col text, written text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n integer;
-    fleet uuid;
-BEGIN
-    IF kind = 'entity' AND _unstored_binding.value ~ '^[1-9][0-9]{6}$' THEN
-        n := _unstored_binding.value::integer;
-    ELSIF kind = 'driver' AND idmint.is_valid_driver_id(_unstored_binding.value) THEN
-        SELECT d.number, f.fleet_id INTO n, fleet
-        FROM idmint.parse_driver_id(_unstored_binding.value) d JOIN idmint.fleets f ON f.code = d.fleet_code;
-    END IF;
-    RETURN QUERY
-    SELECT p.pending_id, p.tbl, p.col, p.value FROM idmint.pending_bindings p
-    WHERE p.xid = pg_current_xact_id_if_assigned() AND p.kind = _unstored_binding.kind AND p.number = n
-      AND p.fleet_id IS NOT DISTINCT FROM fleet AND NOT p.stored AND p.origin <> 'bound'
-      AND NOT p.awaiting_row  -- (the backfill's own: bound by its UPDATE, see bind_entity_numbers)
-      AND p.bound_in < statement_timestamp();
-END
-$$;
-COMMENT ON FUNCTION idmint._unstored_binding(text, text) IS
-    'This transaction''s pending binding of a driver id or entity number to a row not known to be stored (read-only)';
-
--- For the triggers, with the caller's rights: those of the value's pending bindings whose
--- row was not stored, i.e. that no row of their table carries (looked up as in
--- _rows_exist). bind_driver_id / bind_entity_numbers may then bind the number to the row
--- at hand; a stored row keeps it (ID004). Like settle_bindings, this trusts its own
--- transaction: an app that lies can only give its own tables a number twice.
-CREATE FUNCTION idmint._unstored(kind text, value text) RETURNS bigint[]
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    g record;
-    free bigint[];
-BEGIN
-    FOR g IN
-        SELECT p.tbl, p.col, array_agg(p.pending_id) AS ids, array_agg(p.written) AS vals
-        FROM idmint._unstored_binding(kind, value) p GROUP BY p.tbl, p.col
-    LOOP
-        free := coalesce(free, '{}') || ARRAY(SELECT unnest(g.ids) EXCEPT SELECT unnest(idmint._rows_exist(g.tbl, g.col, g.ids, g.vals)));
-    END LOOP;
-    RETURN free;
-END
-$$;
-COMMENT ON FUNCTION idmint._unstored(text, text) IS
-    'The pending bindings of this value whose rows were not stored (looked up with the caller''s rights); NULL if none';
 
 CREATE FUNCTION idmint.settle_bindings(checked bigint[], stored bigint[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -3429,6 +3345,5 @@ GRANT EXECUTE ON FUNCTION
     idmint._binding_table(oid),
     idmint._pending_bindings(bigint),
     idmint._rows_exist(oid, text, bigint[], text[]),
-    idmint._unstored_binding(text, text), idmint._unstored(text, text),
     idmint._backfill_target(regclass, text)
     TO idmint_user;

@@ -24,10 +24,7 @@ CREATE TABLE idmint.pending_bindings (
     -- Issued by the backfill for a row its UPDATE is about to write: the column's own
     -- trigger may bind it once (the backfill writes each number into one row).
     awaiting_row boolean   NOT NULL DEFAULT false,
-    prior      jsonb,
-    -- The top-level statement that made (or last moved) the binding: a row proposed in an
-    -- earlier statement is stored or not for good, never still being written (_unstored).
-    bound_in   timestamptz NOT NULL DEFAULT statement_timestamp()
+    prior      jsonb
 );
 CREATE UNIQUE INDEX pending_bindings_key ON idmint.pending_bindings (xid, kind, number, fleet_id) NULLS NOT DISTINCT;
 COMMENT ON TABLE idmint.pending_bindings IS

@@ -96,13 +96,12 @@ AS $$
     VALUES (kind, fleet_id, number, tbl, col, value, origin, origin = 'bound', prior)
     ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
     SET tbl = excluded.tbl, col = excluded.col, value = excluded.value,
-        stored = p.stored OR excluded.stored, bound_in = excluded.bound_in
+        stored = p.stored OR excluded.stored
 $$;
 COMMENT ON FUNCTION idmint._pend_binding(text, uuid, integer, regclass, text, text, text, jsonb) IS
     'Record that this transaction bound (or, origin bound, unbound) a number to a row of tbl.col';
 
-CREATE FUNCTION idmint.bind_driver_id(tbl regclass, col text, fleet text, driver_id text,
-                                      unstored bigint[] DEFAULT NULL) RETURNS text
+CREATE FUNCTION idmint.bind_driver_id(tbl regclass, col text, fleet text, driver_id text) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -132,15 +131,6 @@ BEGIN
         PERFORM idmint._error('reservation_not_active',
             format('driver id %s does not belong to fleet %s', normalized, fleet),
             'use an id reserved or issued for this row''s fleet, or leave it NULL');
-    END IF;
-    -- Bound by this transaction to a row that was not stored (the caller looked, see
-    -- idmint._unstored): bound afresh below, its pending binding follows this row.
-    IF unstored IS NOT NULL THEN
-        UPDATE idmint.driver_numbers x SET bound = false
-        FROM idmint.pending_bindings p
-        WHERE p.pending_id = ANY (unstored) AND p.xid = pg_current_xact_id() AND p.kind = 'driver'
-          AND NOT p.stored AND p.origin <> 'bound'
-          AND x.fleet_id = p.fleet_id AND x.number = p.number AND x.fleet_id = target.fleet_id;
     END IF;
     SELECT * INTO d FROM idmint.driver_numbers x WHERE x.fleet_id = target.fleet_id AND x.number = target.number;
     IF d.state = 'reserved' AND d.expires_at > clock_timestamp() THEN
@@ -172,7 +162,7 @@ BEGIN
     RETURN normalized;
 END
 $$;
-COMMENT ON FUNCTION idmint.bind_driver_id(regclass, text, text, text, bigint[]) IS
+COMMENT ON FUNCTION idmint.bind_driver_id(regclass, text, text, text) IS
     'For idmint.assign_driver_id(): give a row of tbl its driver id (NULL: the fleet''s next; reserved: confirmed; issued and unbound: bound) until commit shows whether the row was stored. ID002/ID003/ID004/ID006';
 
 CREATE FUNCTION idmint.unbind_driver_id(tbl regclass, col text, driver_id text) RETURNS void
@@ -235,9 +225,7 @@ BEGIN
         END IF;
     END IF;
 
-    -- An id given that this transaction bound to a row not stored (an upsert's) may go into this one.
-    new_id := idmint.bind_driver_id(tbl, id_col, new_row ->> fleet_col, new_id,
-                                    CASE WHEN new_id IS NOT NULL THEN idmint._unstored('driver', new_id) END);
+    new_id := idmint.bind_driver_id(tbl, id_col, new_row ->> fleet_col, new_id);
     IF new_id IS DISTINCT FROM new_row ->> id_col THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(id_col, new_id));
     END IF;

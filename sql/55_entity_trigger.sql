@@ -6,7 +6,7 @@
 -- "bound" once an app row carries it (entity_numbers.bound_at), settled at commit (sql/57).
 
 CREATE FUNCTION idmint.bind_entity_numbers(tbl regclass, col text, entity text, numbers text[],
-                                           how text DEFAULT 'bind', unstored bigint[] DEFAULT NULL)
+                                           how text DEFAULT 'bind')
 RETURNS text[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -36,14 +36,6 @@ BEGIN
         RETURN result;
     END IF;
     p := idmint._entity_prefix(entity);
-    -- Numbers this transaction bound to rows that were not stored (the caller looked,
-    -- see idmint._unstored): bound afresh below, their pending binding follows this row.
-    IF unstored IS NOT NULL THEN
-        UPDATE idmint.entity_numbers e SET bound_at = NULL
-        FROM idmint.pending_bindings x
-        WHERE x.pending_id = ANY (unstored) AND x.xid = pg_current_xact_id() AND x.kind = 'entity'
-          AND NOT x.stored AND x.origin <> 'bound' AND e.number = x.number;
-    END IF;
 
     -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
     IF array_position(numbers, NULL) IS NOT NULL THEN
@@ -78,7 +70,7 @@ BEGIN
         WITH handed AS (
             -- (One look-up on the whole key per number: as `number = ANY (wanted)` or a
             -- join, the plan read all of this transaction's pending rows per trigger row.)
-            UPDATE idmint.pending_bindings x SET awaiting_row = false, bound_in = statement_timestamp()
+            UPDATE idmint.pending_bindings x SET awaiting_row = false
             WHERE x.pending_id = ANY (ARRAY(
                       SELECT (SELECT y.pending_id FROM idmint.pending_bindings y
                               WHERE y.xid = pg_current_xact_id() AND y.kind = 'entity' AND y.number = w.number
@@ -96,7 +88,7 @@ BEGIN
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
             SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
             ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
-            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value, bound_in = excluded.bound_in
+            SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e
@@ -119,7 +111,7 @@ BEGIN
     RETURN result;
 END
 $$;
-COMMENT ON FUNCTION idmint.bind_entity_numbers(regclass, text, text, text[], text, bigint[]) IS
+COMMENT ON FUNCTION idmint.bind_entity_numbers(regclass, text, text, text[], text) IS
     'For idmint.assign_entity_number() and the backfill: bind numbers to rows of tbl (NULL: a new one; never issued: claimed) until commit shows whether the rows were stored. ID003/ID004/ID005/ID008';
 
 CREATE FUNCTION idmint.unbind_entity_number(tbl regclass, col text, number text) RETURNS void
@@ -167,10 +159,8 @@ BEGIN
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
-    -- On UPDATE the old number stays issued, and bound, for ever. A number given that this
-    -- transaction bound to a row not stored (an upsert's) may go into this one.
-    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number], 'bind',
-                                              CASE WHEN new_number IS NOT NULL THEN idmint._unstored('entity', new_number) END))[1];
+    -- On UPDATE the old number stays issued, and bound, for ever.
+    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
     IF new_number IS DISTINCT FROM new_row ->> col THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
     END IF;

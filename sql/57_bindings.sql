@@ -70,65 +70,6 @@ $$;
 COMMENT ON FUNCTION idmint._rows_exist(oid, text, bigint[], text[]) IS
     'The ids whose value a row of tbl.col carries, with the caller''s rights (all of them when that cannot be known)';
 
--- A number this transaction bound to a row it proposed that was then not stored (an
--- upsert's row that met a conflict) stays bound until the commit settles it. Until then a
--- trigger that meets the number again in another row asks here: these are its pending
--- bindings (read-only; nothing when there are none, or the value is not one of idmint's).
--- Only bindings of earlier top-level statements: within the statement that bound it, the
--- row may still be on its way into the table (the app's later BEFORE triggers, CHECK
--- constraints and policies run before it is written) and would look never stored. So
--- `ON CONFLICT DO UPDATE SET pn = excluded.pn` stays ID004 (docs/DESIGN.md).
-CREATE FUNCTION idmint._unstored_binding(kind text, value text)
-RETURNS TABLE (pending_id bigint, tbl oid, col text, written text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n integer;
-    fleet uuid;
-BEGIN
-    IF kind = 'entity' AND _unstored_binding.value ~ '^[1-9][0-9]{6}$' THEN
-        n := _unstored_binding.value::integer;
-    ELSIF kind = 'driver' AND idmint.is_valid_driver_id(_unstored_binding.value) THEN
-        SELECT d.number, f.fleet_id INTO n, fleet
-        FROM idmint.parse_driver_id(_unstored_binding.value) d JOIN idmint.fleets f ON f.code = d.fleet_code;
-    END IF;
-    RETURN QUERY
-    SELECT p.pending_id, p.tbl, p.col, p.value FROM idmint.pending_bindings p
-    WHERE p.xid = pg_current_xact_id_if_assigned() AND p.kind = _unstored_binding.kind AND p.number = n
-      AND p.fleet_id IS NOT DISTINCT FROM fleet AND NOT p.stored AND p.origin <> 'bound'
-      AND NOT p.awaiting_row  -- (the backfill's own: bound by its UPDATE, see bind_entity_numbers)
-      AND p.bound_in < statement_timestamp();
-END
-$$;
-COMMENT ON FUNCTION idmint._unstored_binding(text, text) IS
-    'This transaction''s pending binding of a driver id or entity number to a row not known to be stored (read-only)';
-
--- For the triggers, with the caller's rights: those of the value's pending bindings whose
--- row was not stored, i.e. that no row of their table carries (looked up as in
--- _rows_exist). bind_driver_id / bind_entity_numbers may then bind the number to the row
--- at hand; a stored row keeps it (ID004). Like settle_bindings, this trusts its own
--- transaction: an app that lies can only give its own tables a number twice.
-CREATE FUNCTION idmint._unstored(kind text, value text) RETURNS bigint[]
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    g record;
-    free bigint[];
-BEGIN
-    FOR g IN
-        SELECT p.tbl, p.col, array_agg(p.pending_id) AS ids, array_agg(p.written) AS vals
-        FROM idmint._unstored_binding(kind, value) p GROUP BY p.tbl, p.col
-    LOOP
-        free := coalesce(free, '{}') || ARRAY(SELECT unnest(g.ids) EXCEPT SELECT unnest(idmint._rows_exist(g.tbl, g.col, g.ids, g.vals)));
-    END LOOP;
-    RETURN free;
-END
-$$;
-COMMENT ON FUNCTION idmint._unstored(text, text) IS
-    'The pending bindings of this value whose rows were not stored (looked up with the caller''s rights); NULL if none';
-
 CREATE FUNCTION idmint.settle_bindings(checked bigint[], stored bigint[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

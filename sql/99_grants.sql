@@ -50,6 +50,5 @@ GRANT EXECUTE ON FUNCTION
     idmint._binding_table(oid),
     idmint._pending_bindings(bigint),
     idmint._rows_exist(oid, text, bigint[], text[]),
-    idmint._unstored_binding(text, text), idmint._unstored(text, text),
     idmint._backfill_target(regclass, text)
     TO idmint_user;

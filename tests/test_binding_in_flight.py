@@ -1,12 +1,12 @@
-"""A row still on its way into its table is not a row that was never stored.
+"""Bindings follow stored rows, also against the app's own code.
 
 Between idmint's BEFORE trigger and the moment the row is written, the app's later BEFORE
-triggers, CHECK constraints and policies run. If they put the row's number (or driver id)
-into another triggered row, that row's trigger must not take the first row for an unstored
-upsert proposal (idmint._unstored only considers bindings of earlier statements): the
-value is refused (ID004), never stored twice, and a stored row's value is never un-issued
-or given back. (Found by the review of the unstored-binding change; the app role is a
-member of idmint_user only and owns its schema.)
+triggers, CHECK constraints and policies run; at commit the settler's look-up runs the app's
+domain checks. Whatever that code does with the row's number (or driver id), it is refused
+(ID004) or kept: never stored in two rows, never un-issued or given back while a stored row
+carries it. These cases broke a withdrawn change that let a value proposed by an upsert that
+stored nothing go into another row of the same transaction (docs/DESIGN.md). The app role
+is a member of idmint_user only and owns its schema.
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ def entity_table(name: str, unique: bool = True) -> str:
     CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.{name} FOR EACH ROW
         EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
     """
+
+
+def driver_table(name: str, extra: str = "") -> str:
+    return f"""
+    CREATE TABLE app.{name} (email text PRIMARY KEY, fleet text NOT NULL, driver_id text{extra});
+    CREATE TRIGGER a_id BEFORE INSERT OR UPDATE OR DELETE ON app.{name} FOR EACH ROW
+        EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id');
+    """
+
+
+def refused(e: psycopg.Error) -> None:
+    assert e.sqlstate == "ID004", f"{e.sqlstate}: {e}"
 
 
 def carriers(app: psycopg.Connection, tables: list[str], col: str, value: str) -> int:
@@ -261,3 +273,204 @@ def test_backfill_number_copied_by_an_app_trigger_into_another_table_is_never_st
         return
     pn = str(scalar(app, "SELECT pn FROM app.a WHERE k = 'r1'"))
     assert carriers(app, ["a", "b"], "pn", pn) == 1, "a backfilled number stored in two rows"
+
+
+# --- values proposed by an upsert that stored nothing stay bound until the commit ----------
+# A first fix let a later statement of the transaction take such a value once a look-up found
+# no row carrying it; the review broke it in these ways, so it was withdrawn.
+
+
+PARTITIONED = """
+    CREATE TABLE app.p (k text, pn text) PARTITION BY LIST (k);
+    CREATE TABLE app.p1 PARTITION OF app.p FOR VALUES IN ('r1');
+    CREATE TABLE app.p2 PARTITION OF app.p DEFAULT;
+    CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.p FOR EACH ROW
+        EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
+    CREATE TABLE app.q (k text, pn text) PARTITION BY LIST (k);
+    CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.q FOR EACH ROW
+        EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
+"""
+
+
+def test_row_of_a_partition_moved_to_another_tree_keeps_its_number_in_the_transaction(
+    app: psycopg.Connection,
+) -> None:
+    """A row stored by an earlier statement is not found under the binding's partition root
+    once its partition is moved to app.q (whose rows idmint's trigger binds too); a new row
+    of app.p must still not get its number."""
+    app.execute(PARTITIONED)
+    try:
+        with app.transaction():
+            pn = str(scalar(app, "INSERT INTO app.p (k) VALUES ('r1') RETURNING pn"))
+            app.execute("ALTER TABLE app.p DETACH PARTITION app.p1")
+            app.execute("ALTER TABLE app.q ATTACH PARTITION app.p1 FOR VALUES IN ('r1')")
+            app.execute("INSERT INTO app.p VALUES ('r2', %s)", [pn])
+    except psycopg.Error as e:
+        refused(e)
+        return
+    assert carriers(app, ["p", "q"], "pn", pn) == 1, f"{pn} stored in two rows"
+
+
+def test_expired_reservation_cannot_be_inserted_through_an_earlier_unstored_upsert(
+    app: psycopg.Connection,
+) -> None:
+    """An upsert that stores nothing confirms a reservation for its proposed row until the
+    commit; a later statement, after the reservation expired, must not insert the id on the
+    strength of that confirmation (contract §3: no confirm after the expiry instant)."""
+    app.execute(driver_table("d"))
+    app.execute("INSERT INTO app.d (email, fleet) VALUES ('a@x', 'ABC')")
+    rid = str(scalar(app, "SELECT idmint.reserve_driver_id('ABC', ttl => '300 milliseconds')"))
+    try:
+        with app.transaction():
+            app.execute(
+                "INSERT INTO app.d (email, fleet, driver_id) VALUES ('a@x', 'ABC', %s) ON CONFLICT DO NOTHING",
+                [rid],
+            )
+            app.execute("SELECT pg_sleep(0.6)")  # the reservation has expired
+            app.execute(
+                "INSERT INTO app.d (email, fleet, driver_id) VALUES ('b@x', 'ABC', %s)", [rid]
+            )
+    except psycopg.Error as e:
+        assert e.sqlstate in ("ID006", "ID004"), f"{e.sqlstate}: {e}"
+        return
+    pytest.fail(f"expired reservation {rid} was inserted (confirmed after its expiry)")
+
+
+def test_row_inserted_by_app_code_during_the_commit_lookup_keeps_its_number_issued(
+    app: psycopg.Connection,
+) -> None:
+    """At commit the settler looks up the upsert's unstored proposal in app.a with the
+    app's rights, which runs the app's domain check on the value; that check inserts the
+    value into app.b. The insert must be refused (or the binding kept): the number must
+    not end un-issued while app.b's committed row carries it."""
+    app.execute(
+        """
+        CREATE TABLE app.seen (pn text);
+        CREATE FUNCTION app.hook(v text) RETURNS boolean LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF v IS NOT NULL AND current_setting('app.armed', true) = 'on' THEN
+                PERFORM set_config('app.armed', 'off', true);
+                INSERT INTO app.b VALUES ('r2', v);
+            END IF;
+            RETURN true;
+        END $f$;
+        CREATE DOMAIN app.dom AS text CHECK (app.hook(VALUE));
+        CREATE TABLE app.a (k text PRIMARY KEY, pn app.dom UNIQUE);
+        CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.a FOR EACH ROW
+            EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
+        CREATE FUNCTION app.see() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN INSERT INTO app.seen VALUES (NEW.pn); RETURN NEW; END $f$;
+        CREATE TRIGGER z_see BEFORE INSERT ON app.a FOR EACH ROW EXECUTE FUNCTION app.see();
+        """
+        + entity_table("b")
+    )
+    app.execute("INSERT INTO app.a (k) VALUES ('x')")
+    app.execute("TRUNCATE app.seen")
+    try:
+        with app.transaction():
+            app.execute("INSERT INTO app.a (k) VALUES ('x') ON CONFLICT DO NOTHING")
+            app.execute("SELECT set_config('app.armed', 'on', true)")
+    except psycopg.Error as e:
+        refused(e)
+        return
+    row = app.execute("SELECT pn FROM app.b WHERE k = 'r2'").fetchone()
+    if row is None:
+        return  # the look-up's INSERT was refused: fine
+    pn = row[0]
+    assert pn == scalar(app, "SELECT pn FROM app.seen")
+    try:
+        claimed = scalar(app, "SELECT idmint.claim_entity_number(%s, 'part')", [pn])
+    except psycopg.Error as e:
+        refused(e)
+        return
+    pytest.fail(
+        f"{pn} is carried by app.b's committed row but was un-issued (claimed again: {claimed})"
+    )
+
+
+def test_driver_row_inserted_by_app_code_during_the_commit_lookup_keeps_its_id(
+    app: psycopg.Connection,
+) -> None:
+    """Same with driver ids: the upsert's proposal got the fleet's next id; the app's
+    domain check, run by the commit-time look-up, inserts a row with it into app.log; the
+    id must not be given back while that row carries it."""
+    app.execute(
+        """
+        CREATE TABLE app.seen (driver_id text);
+        CREATE FUNCTION app.hook(v text) RETURNS boolean LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF v IS NOT NULL AND current_setting('app.armed', true) = 'on' THEN
+                PERFORM set_config('app.armed', 'off', true);
+                INSERT INTO app.log VALUES ('r2', 'ABC', v);
+            END IF;
+            RETURN true;
+        END $f$;
+        CREATE DOMAIN app.dom AS text CHECK (app.hook(VALUE));
+        CREATE TABLE app.d (email text PRIMARY KEY, fleet text NOT NULL, driver_id app.dom);
+        CREATE TRIGGER a_id BEFORE INSERT OR UPDATE OR DELETE ON app.d FOR EACH ROW
+            EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id');
+        """
+        + driver_table("log")
+    )
+    app.execute("INSERT INTO app.d (email, fleet) VALUES ('a@x', 'ABC')")  # DRV-001ABC
+    try:
+        with app.transaction():
+            app.execute(
+                "INSERT INTO app.d (email, fleet) VALUES ('a@x', 'ABC') ON CONFLICT DO NOTHING"
+            )
+            app.execute("SELECT set_config('app.armed', 'on', true)")
+    except psycopg.Error as e:
+        refused(e)
+        return
+    row = app.execute("SELECT driver_id FROM app.log WHERE email = 'r2'").fetchone()
+    if row is None:
+        return  # the look-up's INSERT was refused: fine
+    logged = row[0]
+    nxt = str(
+        scalar(app, "INSERT INTO app.d (email, fleet) VALUES ('b@x', 'ABC') RETURNING driver_id")
+    )
+    assert carriers(app, ["d", "log"], "driver_id", str(logged)) == 1, (
+        f"{logged} (committed in app.log) was given back; the next row got {nxt}"
+    )
+
+
+def test_row_inserted_by_app_code_during_the_triggers_lookup_is_not_given_the_number_twice(
+    app: psycopg.Connection,
+) -> None:
+    """A value proposed in vain, given again in a later statement, while app code that a
+    look-up would run (a domain check inserting the value into app.c) is armed: one
+    number, at most one stored row."""
+    app.execute(
+        """
+        CREATE TABLE app.seen (pn text);
+        CREATE FUNCTION app.hook(v text) RETURNS boolean LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF v IS NOT NULL AND current_setting('app.armed', true) = 'on' THEN
+                PERFORM set_config('app.armed', 'off', true);
+                INSERT INTO app.c VALUES ('r3', v);
+            END IF;
+            RETURN true;
+        END $f$;
+        CREATE DOMAIN app.dom AS text CHECK (app.hook(VALUE));
+        CREATE TABLE app.a (k text PRIMARY KEY, pn app.dom UNIQUE);
+        CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.a FOR EACH ROW
+            EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
+        CREATE FUNCTION app.see() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN INSERT INTO app.seen VALUES (NEW.pn); RETURN NEW; END $f$;
+        CREATE TRIGGER z_see BEFORE INSERT ON app.a FOR EACH ROW EXECUTE FUNCTION app.see();
+        """
+        + entity_table("b")
+        + entity_table("c")
+    )
+    app.execute("INSERT INTO app.a (k) VALUES ('x')")
+    app.execute("TRUNCATE app.seen")
+    try:
+        with app.transaction():
+            app.execute("INSERT INTO app.a (k) VALUES ('x') ON CONFLICT DO NOTHING")
+            pn = str(scalar(app, "SELECT pn FROM app.seen"))
+            app.execute("SELECT set_config('app.armed', 'on', true)")
+            app.execute("INSERT INTO app.b VALUES ('r2', %s)", [pn])
+    except psycopg.Error as e:
+        refused(e)
+        return
+    assert carriers(app, ["a", "b", "c"], "pn", pn) == 1, f"{pn} stored in two rows"

@@ -145,16 +145,6 @@ def test_upserts_of_entity_numbers_claim_and_bind_nothing(parts: psycopg.Connect
     assert first != unbound
 
 
-def entity_bound(db: psycopg.Connection, number: str) -> bool:
-    return bool(
-        scalar(
-            db,
-            "SELECT bound_at IS NOT NULL FROM idmint.entity_numbers WHERE number = %s",
-            [int(number)],
-        )
-    )
-
-
 @pytest.mark.parametrize("given", [None, "1234567"])
 def test_an_upsert_that_updates_the_number_to_the_proposed_one_is_id004(
     parts: psycopg.Connection, given: str | None
@@ -176,23 +166,6 @@ def test_an_upsert_that_updates_the_number_to_the_proposed_one_is_id004(
     assert db.execute("SELECT sku, pn FROM app.parts").fetchall() == [("s1", old)]
 
 
-@pytest.mark.parametrize("given", ["1234567", "issued"])
-def test_a_number_proposed_in_vain_goes_into_a_later_row_of_the_transaction(
-    parts: psycopg.Connection, given: str
-) -> None:
-    db = parts
-    db.execute("INSERT INTO app.parts (sku) VALUES ('s1')")
-    value = (
-        str(scalar(db, "SELECT idmint.gen_entity_number('part')")) if given == "issued" else given
-    )
-    with db.transaction():
-        db.execute("INSERT INTO app.parts VALUES ('s1', %s) ON CONFLICT DO NOTHING", [value])
-        assert scalar(db, "INSERT INTO app.parts VALUES ('s2', %s) RETURNING pn", [value]) == value
-    assert entity_bound(db, value)
-    assert scalar(db, "SELECT count(*) FROM app.parts WHERE pn = %s", [value]) == 1
-    assert scalar(db, "SELECT issued FROM idmint.entity_capacity WHERE prefix = 1") == 2
-
-
 def test_a_number_stored_in_a_row_of_the_transaction_is_not_bound_twice(
     db: psycopg.Connection,
 ) -> None:
@@ -212,23 +185,6 @@ def test_a_number_stored_in_a_row_of_the_transaction_is_not_bound_twice(
         db.execute("INSERT INTO app.loose VALUES ('a', '1234567'), ('b', NULL)")
         db.execute("UPDATE app.loose SET pn = '1234567' WHERE sku = 'b'")
     assert scalar(db, "SELECT count(*) FROM app.loose") == 0
-
-
-def test_a_driver_id_proposed_in_vain_goes_into_a_later_row_of_the_transaction(
-    drivers: psycopg.Connection,
-) -> None:
-    db = drivers
-    insert(db, "a@x")
-    rid = str(scalar(db, "SELECT idmint.reserve_driver_id('ABC')"))
-    with db.transaction():
-        assert upsert(db, "a@x", "NOTHING", rid) == 0
-        assert insert(db, "b@x", rid) == rid
-        with raises_sqlstate("ID004"), db.transaction():
-            insert(db, "c@x", rid)
-    assert is_bound(db, 2)
-    assert db.execute("SELECT email FROM app.drivers WHERE driver_id = %s", [rid]).fetchall() == [
-        ("b@x",)
-    ]
 
 
 def test_immediate_constraints_do_not_settle_before_the_row_is_stored(

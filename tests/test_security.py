@@ -33,8 +33,6 @@ ALLOWED_HELPERS = {
     "idmint._binding_table(oid)",
     "idmint._pending_bindings(bigint)",
     "idmint._rows_exist(oid,text,bigint[],text[])",
-    "idmint._unstored_binding(text,text)",
-    "idmint._unstored(text,text)",
 }
 
 PAYLOADS = [
