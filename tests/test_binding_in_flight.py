@@ -336,13 +336,9 @@ def test_expired_reservation_cannot_be_inserted_through_an_earlier_unstored_upse
     pytest.fail(f"expired reservation {rid} was inserted (confirmed after its expiry)")
 
 
-def test_row_inserted_by_app_code_during_the_commit_lookup_keeps_its_number_issued(
-    app: psycopg.Connection,
-) -> None:
-    """At commit the settler looks up the upsert's unstored proposal in app.a with the
-    app's rights, which runs the app's domain check on the value; that check inserts the
-    value into app.b. The insert must be refused (or the binding kept): the number must
-    not end un-issued while app.b's committed row carries it."""
+def armed_domain_table(app: psycopg.Connection, target: str, key: str, others: list[str]) -> None:
+    """app.a, whose pn column has a domain whose check, once armed (setting app.armed), inserts
+    the value into `target` under `key`; app.seen records every pn app.a's trigger chose."""
     app.execute(
         """
         CREATE TABLE app.seen (pn text);
@@ -350,7 +346,11 @@ def test_row_inserted_by_app_code_during_the_commit_lookup_keeps_its_number_issu
         BEGIN
             IF v IS NOT NULL AND current_setting('app.armed', true) = 'on' THEN
                 PERFORM set_config('app.armed', 'off', true);
-                INSERT INTO app.b VALUES ('r2', v);
+                EXECUTE format('INSERT INTO %s VALUES (%L, $1)', '"""
+        + target
+        + """', '"""
+        + key
+        + """') USING v;
             END IF;
             RETURN true;
         END $f$;
@@ -362,8 +362,18 @@ def test_row_inserted_by_app_code_during_the_commit_lookup_keeps_its_number_issu
         BEGIN INSERT INTO app.seen VALUES (NEW.pn); RETURN NEW; END $f$;
         CREATE TRIGGER z_see BEFORE INSERT ON app.a FOR EACH ROW EXECUTE FUNCTION app.see();
         """
-        + entity_table("b")
+        + "".join(entity_table(t) for t in others)
     )
+
+
+def test_row_inserted_by_app_code_during_the_commit_lookup_keeps_its_number_issued(
+    app: psycopg.Connection,
+) -> None:
+    """At commit the settler looks up the upsert's unstored proposal in app.a with the
+    app's rights, which runs the app's domain check on the value; that check inserts the
+    value into app.b. The insert must be refused (or the binding kept): the number must
+    not end un-issued while app.b's committed row carries it."""
+    armed_domain_table(app, "app.b", "r2", ["b"])
     app.execute("INSERT INTO app.a (k) VALUES ('x')")
     app.execute("TRUNCATE app.seen")
     try:
@@ -440,28 +450,7 @@ def test_row_inserted_by_app_code_during_the_triggers_lookup_is_not_given_the_nu
     """A value proposed in vain, given again in a later statement, while app code that a
     look-up would run (a domain check inserting the value into app.c) is armed: one
     number, at most one stored row."""
-    app.execute(
-        """
-        CREATE TABLE app.seen (pn text);
-        CREATE FUNCTION app.hook(v text) RETURNS boolean LANGUAGE plpgsql AS $f$
-        BEGIN
-            IF v IS NOT NULL AND current_setting('app.armed', true) = 'on' THEN
-                PERFORM set_config('app.armed', 'off', true);
-                INSERT INTO app.c VALUES ('r3', v);
-            END IF;
-            RETURN true;
-        END $f$;
-        CREATE DOMAIN app.dom AS text CHECK (app.hook(VALUE));
-        CREATE TABLE app.a (k text PRIMARY KEY, pn app.dom UNIQUE);
-        CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON app.a FOR EACH ROW
-            EXECUTE FUNCTION idmint.assign_entity_number('pn', 'part');
-        CREATE FUNCTION app.see() RETURNS trigger LANGUAGE plpgsql AS $f$
-        BEGIN INSERT INTO app.seen VALUES (NEW.pn); RETURN NEW; END $f$;
-        CREATE TRIGGER z_see BEFORE INSERT ON app.a FOR EACH ROW EXECUTE FUNCTION app.see();
-        """
-        + entity_table("b")
-        + entity_table("c")
-    )
+    armed_domain_table(app, "app.c", "r3", ["b", "c"])
     app.execute("INSERT INTO app.a (k) VALUES ('x')")
     app.execute("TRUNCATE app.seen")
     try:
