@@ -97,3 +97,20 @@ CREATE TABLE idmint.entity_free (
 );
 COMMENT ON TABLE idmint.entity_free IS
     'Free numbers of nearly full entity shards (their decks), dealt as uniformly random subsets';
+
+-- Numbers a transaction took from the deck of a shard that another open transaction held
+-- ("card sharing", see sql/50): such a transaction is not the shard's holder, so the
+-- holder's commit-time count does not see them; they are counted here instead, one row
+-- per (shard, stealing transaction), written at steal time (rolled back with it). A
+-- shard's committed count is entity_shards.issued plus the n of its committed rows here;
+-- whoever takes the shard next moves them into `issued` (same statement). Empty in the
+-- normal case: only near exhaustion, when the shards nobody holds cannot supply a call.
+CREATE TABLE idmint.entity_steals (
+    prefix integer  NOT NULL,
+    shard  smallint NOT NULL,
+    xid    xid8     NOT NULL DEFAULT pg_current_xact_id(),
+    n      integer  NOT NULL,
+    PRIMARY KEY (prefix, shard, xid)
+);
+COMMENT ON TABLE idmint.entity_steals IS
+    'Numbers a transaction took from the deck of a shard another open transaction held: counted here until the next taker of the shard folds them into entity_shards.issued';

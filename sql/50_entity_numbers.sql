@@ -221,20 +221,35 @@ BEGIN
     ), z AS (
         -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
         SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
+        -- (The committed count: issued plus the shard's committed steal rows, see entity_steals.)
+        CROSS JOIN LATERAL (SELECT x.issued + coalesce(sum(t.n), 0)::integer AS c FROM idmint.entity_steals t
+                            WHERE t.prefix = x.prefix AND t.shard = x.shard) k
         WHERE x.prefix = _entity_take_one.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
-          AND x.issued < 5000 AND x.shard <> ALL (held)
-          AND c.w::bigint * 5000 < 65536 * (5000 - x.issued)
+          AND k.c < 5000 AND x.shard <> ALL (held)
+          AND c.w::bigint * 5000 < 65536 * (5000 - k.c)
         ORDER BY c.i
         LIMIT 1
         FOR NO KEY UPDATE OF x SKIP LOCKED
+    ), d AS (
+        -- Fold: the shard's steal rows this statement sees leave, and exactly those (the
+        -- DELETE's own rows) go into issued; this transaction's own ones leave too, its
+        -- commit-time count counting them from its rows (see entity_steals).
+        DELETE FROM idmint.entity_steals t USING z
+        WHERE t.prefix = z.prefix AND t.shard = z.shard
+        RETURNING t.shard, t.n, t.xid = pg_current_xact_id() AS own
+    ), f AS (
+        SELECT z.shard, coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
+               coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
+        FROM z LEFT JOIN d ON d.shard = z.shard GROUP BY z.shard
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = pg_current_xact_id(),
-            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM pg_current_xact_id()
-                                     THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
-        FROM z
+            issued = x.issued + f.others
+                     - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM pg_current_xact_id()
+                            THEN idmint._entity_mine(x.prefix, x.shard) - f.own ELSE 0 END
+        FROM z JOIN f ON f.shard = z.shard
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck
+        RETURNING x.shard, x.issued, z.issued + f.others + f.own - x.issued AS mine, x.deck
     )
     SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer]) INTO taken FROM a;
     RETURN taken;
@@ -292,21 +307,33 @@ BEGIN
         RETURN taken;
     END IF;
     WITH z AS (
-        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (5000 - x.issued) AS w
+        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (5000 - k.c) AS w
         FROM idmint.entity_shards x
+        -- (The committed count: issued plus the shard's committed steal rows, see entity_steals.)
+        CROSS JOIN LATERAL (SELECT x.issued + coalesce(sum(t.n), 0)::integer AS c FROM idmint.entity_steals t
+                            WHERE t.prefix = x.prefix AND t.shard = x.shard) k
         JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
-        WHERE x.prefix = p AND x.issued < 5000 - lim AND x.shard <> ALL (held)
+        WHERE x.prefix = p AND k.c < 5000 - lim AND x.shard <> ALL (held)
         ORDER BY 4 DESC
         LIMIT kk
         FOR NO KEY UPDATE OF x SKIP LOCKED
+    ), d AS (
+        DELETE FROM idmint.entity_steals t USING z
+        WHERE t.prefix = z.prefix AND t.shard = z.shard
+        RETURNING t.shard, t.n, t.xid = me AS own
+    ), f AS (
+        SELECT z.shard, coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
+               coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
+        FROM z LEFT JOIN d ON d.shard = z.shard GROUP BY z.shard
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = me,
-            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
-                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
-        FROM z
+            issued = x.issued + f.others
+                     - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
+                            THEN idmint._entity_mine(p, x.shard) - f.own ELSE 0 END
+        FROM z JOIN f ON f.shard = z.shard
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck, z.w
+        RETURNING x.shard, x.issued, z.issued + f.others + f.own - x.issued AS mine, x.deck, z.w
     )
     SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.w DESC)
     INTO taken FROM a;
@@ -401,7 +428,8 @@ COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
 -- ID008 unregistered; n first, so a huge n fails at once) in the caller's transaction and
 -- returns them in random order. `how` goes to the audit; `bind` marks the numbers as
 -- carried by an app row already (the trigger's own numbers).
-CREATE FUNCTION idmint._issue_entity_numbers(prefix integer, n integer, how text, bind boolean DEFAULT false)
+CREATE FUNCTION idmint._issue_entity_numbers(prefix integer, n integer, how text, bind boolean DEFAULT false,
+                                            avoid integer[] DEFAULT '{}')
 RETURNS SETOF text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -447,6 +475,10 @@ DECLARE
     newdeck integer[] := '{}';
     late integer[] := '{}';
     taken_now integer[] := '{}';  -- shards this call took (their state is known exactly)
+    stolen integer[] := '{}';     -- numbers this call took from decks of shards others hold
+    waiting boolean := false;     -- phase 6 reached: every shard is held, deals wait for cards
+    short integer := 0;           -- cards planned but not found (taken by others meanwhile)
+    short_shards integer[] := '{}';
     has_rows boolean;
     free_left bigint;
     type_name text;
@@ -477,7 +509,10 @@ BEGIN
     -- overwrote it) has its numbers counted from the rows.
     setting := current_setting('idmint.entity_' || p, true);
     hint := CASE WHEN setting IS NULL OR setting = '' THEN '{}' ELSE setting::integer[] END;
-    SELECT array_agg(ARRAY[x.shard::integer, x.issued,
+    -- (issued: with the committed steal rows of others since the shard was taken.)
+    SELECT array_agg(ARRAY[x.shard::integer,
+                           x.issued + (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t
+                                       WHERE t.prefix = x.prefix AND t.shard = x.shard)::integer,
                            coalesce(h.mine, idmint._entity_mine(p, x.shard)),
                            x.deck::integer] ORDER BY h.i NULLS FIRST)
     INTO st
@@ -494,10 +529,15 @@ BEGIN
     --     one shards with sparse room;
     --  3. the held shards down to their last number (decks);
     --  4. any other unlocked shard with a free number;
-    --  5. only now wait: lock every other shard of the type (in shard order, so two
-    --     waiters cannot deadlock on them); what is still missing is missing on committed
-    --     state: ID005.
+    --  5. cards of the decks of shards other open transactions hold, those no open
+    --     transaction took (FOR UPDATE SKIP LOCKED on the cards: never waits), counted in
+    --     entity_steals and inserted at once;
+    --  6. only now wait: lock every other shard of the type (in shard order, so two
+    --     waiters cannot deadlock on them), and deal waiting for cards that others are
+    --     taking; what is still missing is missing on committed state: ID005.
     -- Taking a shard makes this transaction its holder (which queues its count at commit).
+    -- Shards in `avoid` (their deck came up short in this call: other transactions took
+    -- the rest of its cards meanwhile) give nothing before phase 6.
     WHILE want > 0 LOOP
         fresh := NULL;
         IF phase IN (2, 4) THEN
@@ -512,28 +552,69 @@ BEGIN
                 -- About how many shards cover `want`: no more than that, as each may need
                 -- its deck built and, near exhaustion, every shard held keeps its other
                 -- free numbers from other issuers (a phase repeats if they fall short).
-                SELECT ceil(want / avg(size - y.issued - lim))::integer INTO kk
+                SELECT ceil(want / avg(size - k.c - lim))::integer INTO kk
                 FROM idmint.entity_shards y
-                WHERE y.prefix = p AND y.issued < size - lim AND y.shard <> ALL (held);
+                CROSS JOIN LATERAL (SELECT y.issued + coalesce(sum(t.n), 0)::integer AS c FROM idmint.entity_steals t
+                                    WHERE t.prefix = y.prefix AND t.shard = y.shard) k
+                WHERE y.prefix = p AND k.c < size - lim AND y.shard <> ALL (held);
                 IF kk > 0 THEN
                     fresh := idmint._entity_take_weighted(p, held, lim, kk, has_rows);
                 END IF;
             END IF;
         ELSIF phase = 5 THEN
+            -- Cards of shards that others hold (one statement: dealt, deleted, counted).
+            held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
+            WITH c AS (
+                SELECT f.prefix, f.shard, f.number FROM idmint.entity_free f
+                WHERE f.prefix = p
+                  AND f.shard = ANY (ARRAY(SELECT x.shard FROM idmint.entity_shards x
+                                           WHERE x.prefix = p AND x.deck AND x.shard <> ALL (held)))
+                ORDER BY gen_random_uuid() LIMIT want
+                FOR UPDATE OF f SKIP LOCKED
+            ), d AS (
+                DELETE FROM idmint.entity_free f USING c
+                WHERE f.prefix = c.prefix AND f.shard = c.shard AND f.number = c.number
+                RETURNING f.shard, f.number
+            ), u AS (
+                INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n)
+                SELECT p, d.shard, me, count(*) FROM d GROUP BY d.shard
+                ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + excluded.n
+            )
+            SELECT array_agg(d.number) INTO got_nums FROM d;
+            IF got_nums IS NOT NULL THEN
+                -- Inserted now: a shard taken in phase 6 counts them among this
+                -- transaction's rows (see _entity_mine and the fold).
+                INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
+                SELECT x, bound, ts, how, who, me FROM unnest(got_nums) AS x ORDER BY x;
+                has_rows := true;
+                stolen := got_nums;
+                want := want - cardinality(got_nums);
+            END IF;
+        ELSIF phase = 6 THEN
+            waiting := true;
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
             BEGIN
                 WITH z AS (
-                    SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
+                    SELECT x.prefix, x.shard, x.issued, x.holder FROM idmint.entity_shards x
                     WHERE x.prefix = p AND x.shard <> ALL (held)
                     ORDER BY x.shard FOR NO KEY UPDATE
+                ), d AS (
+                    DELETE FROM idmint.entity_steals t USING z
+                    WHERE t.prefix = z.prefix AND t.shard = z.shard
+                    RETURNING t.shard, t.n, t.xid = me AS own
+                ), f AS (
+                    SELECT z.shard, coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
+                           coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
+                    FROM z LEFT JOIN d ON d.shard = z.shard GROUP BY z.shard
                 ), a AS (
                     UPDATE idmint.entity_shards x
                     SET holder = me,
-                        issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
-                                                 THEN idmint._entity_mine(p, x.shard) ELSE 0 END
-                    FROM z
+                        issued = x.issued + f.others
+                                 - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
+                                        THEN idmint._entity_mine(p, x.shard) - f.own ELSE 0 END
+                    FROM z JOIN f ON f.shard = z.shard
                     WHERE x.prefix = z.prefix AND x.shard = z.shard
-                    RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck
+                    RETURNING x.shard, x.issued, z.issued + f.others + f.own - x.issued AS mine, x.deck
                 )
                 SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.shard)
                 INTO fresh FROM a;
@@ -566,6 +647,9 @@ BEGIN
                                     AND (n > 1000 OR st[j][3] + take[j] > 0
                                          OR size - st[j][2] > sparse_min)
                                THEN sparse_min ELSE 0 END;
+                IF st[j][1] = ANY (avoid) THEN
+                    room := 0;  -- its deck came up short (phase 1 only: phase 6 waits)
+                END IF;
                 IF room > 0 THEN
                     k := least(room, want);
                     take[j] := take[j] + k;
@@ -578,12 +662,14 @@ BEGIN
             -- shards (one open transaction then holds few of them).
             total := 0;
             FOR j IN 1 .. coalesce(array_length(st, 1), 0) LOOP
+                CONTINUE WHEN NOT waiting AND st[j][1] = ANY (avoid);
                 total := total + greatest(0, size - st[j][2] - st[j][3] - take[j]);
             END LOOP;
             IF total > 0 THEN
                 share := least(want, total);
                 rest := share;
                 FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
+                    CONTINUE WHEN NOT waiting AND st[j][1] = ANY (avoid);
                     room := greatest(0, size - st[j][2] - st[j][3] - take[j]);
                     k := floor(share::numeric * room / total);
                     take[j] := take[j] + k;
@@ -591,6 +677,7 @@ BEGIN
                 END LOOP;
                 FOR j IN REVERSE coalesce(array_length(st, 1), 0) .. 1 LOOP
                     EXIT WHEN rest = 0;
+                    CONTINUE WHEN NOT waiting AND st[j][1] = ANY (avoid);
                     room := size - st[j][2] - st[j][3] - take[j];
                     IF room > 0 THEN
                         k := least(room, rest);
@@ -601,7 +688,7 @@ BEGIN
                 want := want - share;
             END IF;
         END IF;
-        IF want > 0 AND phase = 5 THEN
+        IF want > 0 AND phase = 6 THEN
             SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
             free_left := n - want;
             PERFORM idmint._error('entity_range_exhausted',
@@ -687,13 +774,34 @@ BEGIN
             -- fresh uuid per card from the strong source; at most 1 250 cards). Every free
             -- number of the shard is equally likely, and each deal is drawn anew, so a
             -- rolled-back deal tells nothing about the next one.
-            SELECT array_agg(z.number ORDER BY z.u) INTO got_nums
-            FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
-                  WHERE f.prefix = p AND f.shard = s
-                  ORDER BY 2 LIMIT k) z;
-            IF cardinality(got_nums) IS DISTINCT FROM k THEN
-                PERFORM idmint._error('entity_range_exhausted',
-                    format('entity type %s: the deck of shard %s is short of its count', p, s));
+            -- Cards that another transaction is taking (it stole them: its lock) are passed
+            -- over; in phase 6 the deal waits for them instead (they may come back).
+            IF NOT waiting THEN
+                SELECT array_agg(z.number ORDER BY z.u) INTO got_nums
+                FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
+                      WHERE f.prefix = p AND f.shard = s
+                      ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
+            ELSE
+                BEGIN
+                    SELECT array_agg(z.number ORDER BY z.u) INTO got_nums
+                    FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
+                          WHERE f.prefix = p AND f.shard = s
+                          ORDER BY 2 LIMIT k FOR UPDATE OF f) z;
+                EXCEPTION WHEN deadlock_detected THEN
+                    SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
+                    PERFORM idmint._error('entity_range_exhausted',
+                        format('entity type %s (%s): fewer than %s free numbers are not held by open transactions, '
+                               'and a transaction taking the rest is waiting for this one', p, type_name, n),
+                        'ask for fewer, or retry once the other transactions have ended');
+                END;
+            END IF;
+            got_nums := coalesce(got_nums, '{}');
+            IF cardinality(got_nums) < k THEN
+                -- Others took some of the cards since this plan was made: the rest comes
+                -- from elsewhere (below), never an error here.
+                short := short + k - cardinality(got_nums);
+                short_shards := short_shards || s;
+                k := cardinality(got_nums);
             END IF;
             DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = ANY (got_nums);
             nums := nums || got_nums;
@@ -713,10 +821,17 @@ BEGIN
     IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
         setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
     END IF;
-    RETURN QUERY SELECT x::text FROM unnest(nums) AS x;
+    RETURN QUERY SELECT x::text FROM unnest(nums || stolen) AS x;
+    IF short > 0 THEN
+        -- Top up: the same allocator for what the short decks did not give, with the hint
+        -- (set above) counting what they gave; those decks give nothing more before its
+        -- phase 6, so it takes other shards, steals or waits, and decides ID005 there
+        -- (which aborts this statement: nothing is registered).
+        RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(p, short, how, bind, avoid || short_shards) AS x;
+    END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean) IS
+COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[]) IS
     'Issue n numbers of a type from shards this transaction holds (SKIP LOCKED: never waits while enough free numbers are not held by others), uniform within each shard; ID005 (nothing issued) if fewer are free on committed state';
 
 -- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
@@ -814,7 +929,9 @@ BEGIN
     IF level >= 0.95 THEN
         RETURN;
     END IF;
-    SELECT sum(x.issued) INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
+    SELECT sum(x.issued) + (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t
+                            WHERE t.prefix = _entity_alert.prefix)
+    INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
     IF total * 2 < 1000000 THEN
         RETURN;
     END IF;
@@ -846,7 +963,9 @@ BEGIN
     END;
     -- Under READ COMMITTED a new snapshot, taken after the lock: it sees every commit that
     -- held it before.
-    SELECT sum(x.issued) INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
+    SELECT sum(x.issued) + (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t
+                            WHERE t.prefix = _entity_alert.prefix)
+    INTO total FROM idmint.entity_shards x WHERE x.prefix = _entity_alert.prefix;
     reached := coalesce((SELECT max(t) FROM unnest(idmint._thresholds('entity')) AS t WHERE total >= t * cap), 0);
     IF reached > level THEN
         -- Only the thresholds above the last one notified, each reached one once.
@@ -928,6 +1047,7 @@ DECLARE
     setting text;
     st integer[];
     j integer;
+    card boolean := false;
 BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         PERFORM idmint._error('invalid_argument',
@@ -956,16 +1076,56 @@ BEGIN
         s := (get_byte(key, v % 200) + get_byte(key, 400 + (v % 1000000 / 200) % 100)
               + get_byte(key, 500 + v % 1000000 / 20000)) % 200;
         SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+        -- A shard with a deck that another open transaction holds: take the number's card
+        -- instead of the shard (the holder deals only cards, so it never meets the number).
+        IF EXISTS (SELECT FROM idmint.entity_shards x
+                   WHERE x.prefix = p AND x.shard = s AND x.deck AND x.holder IS DISTINCT FROM me)
+           AND NOT EXISTS (SELECT FROM idmint.entity_shards x
+                           WHERE x.prefix = p AND x.shard = s FOR NO KEY UPDATE SKIP LOCKED) THEN
+            FOR card_try IN 1 .. 3 LOOP
+                BEGIN
+                    -- Waits only while another open transaction is taking this very number.
+                    PERFORM FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v FOR UPDATE;
+                    card := FOUND;
+                EXCEPTION WHEN deadlock_detected THEN
+                    PERFORM idmint._error('already_taken',
+                        format('entity number %s is being issued by another open transaction, which waits for this one', number),
+                        'generate a new one with idmint.gen_entity_number, or retry once the other transaction has ended');
+                END;
+                EXIT WHEN card;
+                -- Gone: issued meanwhile (ID004 below), or put back as a new card (again).
+                EXIT WHEN EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v);
+            END LOOP;
+            IF NOT card THEN
+                PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
+                                      'generate a new one with idmint.gen_entity_number');
+            END IF;
+            DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;
+            INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n) VALUES (p, s, me, 1)
+            ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + 1;
+            INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
+            VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
+            PERFORM idmint._durable();
+            RETURN number;
+        END IF;
         WITH z AS (
             SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x
             WHERE x.prefix = p AND x.shard = s FOR NO KEY UPDATE
+        ), d AS (
+            DELETE FROM idmint.entity_steals t USING z
+            WHERE t.prefix = z.prefix AND t.shard = z.shard
+            RETURNING t.n, t.xid = me AS own
+        ), f AS (
+            SELECT coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
+                   coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
+            FROM d
         )
         UPDATE idmint.entity_shards x
         SET holder = me,
-            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM me
-                                     THEN idmint._entity_mine(p, s) ELSE 0 END
-        FROM z WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.issued, z.issued - x.issued, x.deck INTO now_issued, now_mine, now_deck;
+            issued = x.issued + f.others - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM me
+                                                THEN idmint._entity_mine(p, s) - f.own ELSE 0 END
+        FROM z, f WHERE x.prefix = z.prefix AND x.shard = z.shard
+        RETURNING x.issued, z.issued + f.others + f.own - x.issued, x.deck INTO now_issued, now_mine, now_deck;
     END LOOP;
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
     VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
@@ -1007,6 +1167,7 @@ DECLARE
     st integer[];
     j integer;
     g record;
+    deck boolean;
 BEGIN
     WITH d AS (
         DELETE FROM idmint.entity_numbers e
@@ -1018,26 +1179,53 @@ BEGIN
     END IF;
     SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
     FOR g IN
-        WITH u AS (
-            SELECT x / 1000000 AS p,
-                   (get_byte(r.shard_key, x % 200) + get_byte(r.shard_key, 400 + (x % 1000000 / 200) % 100)
-                    + get_byte(r.shard_key, 500 + x % 1000000 / 20000)) % 200 AS s,
-                   array_agg(x) AS xs
-            FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
-            GROUP BY 1, 2
-        )
+        SELECT u.p, u.s, u.xs, y.holder,
+               (SELECT t.n FROM idmint.entity_steals t WHERE t.prefix = u.p AND t.shard = u.s AND t.xid = me) AS stole
+        FROM (SELECT x / 1000000 AS p,
+                     (get_byte(r.shard_key, x % 200) + get_byte(r.shard_key, 400 + (x % 1000000 / 200) % 100)
+                      + get_byte(r.shard_key, 500 + x % 1000000 / 20000)) % 200 AS s,
+                     array_agg(x) AS xs
+              FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
+              GROUP BY 1, 2) u
+        JOIN idmint.entity_shards y ON y.prefix = u.p AND y.shard = u.s
+    LOOP
+        IF g.holder IS DISTINCT FROM me AND g.stole >= cardinality(g.xs) THEN
+            -- Numbers it stole (from the deck of a shard it does not hold, see
+            -- entity_steals): the cards go back and its steal row goes down; the shard is
+            -- not taken (that would wait for its holder).
+            IF g.stole = cardinality(g.xs) THEN
+                DELETE FROM idmint.entity_steals t WHERE t.prefix = g.p AND t.shard = g.s AND t.xid = me;
+            ELSE
+                UPDATE idmint.entity_steals t SET n = t.n - cardinality(g.xs)
+                WHERE t.prefix = g.p AND t.shard = g.s AND t.xid = me;
+            END IF;
+            INSERT INTO idmint.entity_free (prefix, shard, number) SELECT g.p, g.s, x FROM unnest(g.xs) AS x;
+            CONTINUE;
+        END IF;
         -- (Counted already if this transaction is no longer the holder: then the deleted
-        -- rows and the remaining ones come out of `issued`, and the next count adds the
-        -- remaining ones again.)
+        -- rows and the remaining ones, but for those it stole, come out of `issued`, and
+        -- the next count adds the remaining ones again; steal rows fold as in every take.)
+        WITH z AS (
+            SELECT y.prefix, y.shard, y.issued FROM idmint.entity_shards y
+            WHERE y.prefix = g.p AND y.shard = g.s FOR NO KEY UPDATE
+        ), d AS (
+            DELETE FROM idmint.entity_steals t USING z
+            WHERE t.prefix = z.prefix AND t.shard = z.shard
+            RETURNING t.n, t.xid = me AS own
+        ), f AS (
+            SELECT coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
+                   coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
+            FROM d
+        )
         UPDATE idmint.entity_shards y
         SET holder = me,
-            issued = y.issued - CASE WHEN y.holder IS DISTINCT FROM me
-                                     THEN idmint._entity_mine(u.p, u.s) + cardinality(u.xs) ELSE 0 END
-        FROM u
-        WHERE y.prefix = u.p AND y.shard = u.s
-        RETURNING u.p, u.s, u.xs, y.deck
-    LOOP
-        IF g.deck THEN
+            issued = y.issued + f.others
+                     - CASE WHEN y.holder IS DISTINCT FROM me
+                            THEN idmint._entity_mine(g.p, g.s) + cardinality(g.xs) - f.own ELSE 0 END
+        FROM z, f
+        WHERE y.prefix = z.prefix AND y.shard = z.shard
+        RETURNING y.deck INTO deck;
+        IF deck THEN
             -- Back into the deck.
             INSERT INTO idmint.entity_free (prefix, shard, number)
             SELECT g.p, g.s, u.x FROM unnest(g.xs) AS u(x);
@@ -1109,7 +1297,7 @@ CREATE VIEW idmint.entity_types AS
 SELECT r.prefix, r.name FROM idmint.entity_ranges r;
 COMMENT ON VIEW idmint.entity_types IS 'Registered entity types: prefix 1..9 (first digit of their numbers) and name';
 
--- Committed counts are the sum of the type's 200 shard counts; a transaction also sees
+-- Committed counts are the sum of the type's 200 shard counts and of its steal rows; a transaction also sees
 -- the numbers it issued itself and that are not counted yet (as it sees its own rows),
 -- counted from its rows.
 CREATE VIEW idmint.entity_capacity AS
@@ -1122,6 +1310,9 @@ SELECT r.prefix,
 FROM idmint.entity_ranges r
 CROSS JOIN LATERAL (
     SELECT (coalesce(sum(x.issued), 0)
+            -- (taken from decks of shards others held: see entity_steals; with the
+            -- reader's own, which are in no shard it holds)
+            + (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t WHERE t.prefix = r.prefix)
             -- (not yet counted: in shards it still holds)
             + (SELECT count(*) FROM idmint.entity_numbers e
                JOIN idmint.entity_shards h
