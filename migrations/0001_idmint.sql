@@ -1674,6 +1674,79 @@ $$;
 COMMENT ON FUNCTION idmint._entity_take_weighted(integer, integer[], integer, integer, boolean, boolean) IS
     'Take (hold) up to kk unheld shards with more than lim free numbers, in a random order weighted by free numbers, without waiting; their hint rows, or NULL';
 
+-- Deal up to k cards of a shard's deck: a uniformly random k-subset in random order (a
+-- fresh uuid per card from the strong source; at most 1 250 cards). Every free number of
+-- the shard is equally likely, and each deal is drawn anew, so a rolled-back deal tells
+-- nothing about the next one. The cards are locked (FOR UPDATE): cards that another
+-- transaction is taking (it stole or claimed them, see entity_steals) are passed over
+-- (SKIP LOCKED), or, when `wait` (phase 6 of the allocator), waited for: they may come
+-- back. Fewer than k cards is no error here: the caller tops up. Under REPEATABLE READ or
+-- SERIALIZABLE a card taken and committed after the snapshot raises 40001: then the cards
+-- are locked one by one and such cards passed over. A deadlock while waiting: ID005 (`n`
+-- for the message), as the allocator's own wait.
+CREATE FUNCTION idmint._entity_deal(p integer, s integer, k integer, wait boolean, n integer)
+RETURNS integer[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    got integer[];
+    c record;
+BEGIN
+    IF NOT wait AND current_setting('transaction_isolation') = 'read committed' THEN
+        SELECT array_agg(z.number ORDER BY z.u) INTO got
+        FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
+              WHERE f.prefix = p AND f.shard = s
+              ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
+        RETURN coalesce(got, '{}');
+    END IF;
+    BEGIN
+        BEGIN
+            IF wait THEN
+                SELECT array_agg(z.number ORDER BY z.u) INTO got
+                FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
+                      WHERE f.prefix = p AND f.shard = s
+                      ORDER BY 2 LIMIT k FOR UPDATE OF f) z;
+            ELSE
+                SELECT array_agg(z.number ORDER BY z.u) INTO got
+                FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
+                      WHERE f.prefix = p AND f.shard = s
+                      ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
+            END IF;
+        EXCEPTION WHEN serialization_failure THEN
+            got := '{}';
+            FOR c IN SELECT f.number FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s
+                     ORDER BY gen_random_uuid() LOOP
+                EXIT WHEN cardinality(got) >= k;
+                BEGIN
+                    IF wait THEN
+                        PERFORM FROM idmint.entity_free f
+                        WHERE f.prefix = p AND f.shard = s AND f.number = c.number FOR UPDATE;
+                    ELSE
+                        PERFORM FROM idmint.entity_free f
+                        WHERE f.prefix = p AND f.shard = s AND f.number = c.number FOR UPDATE SKIP LOCKED;
+                    END IF;
+                    IF FOUND THEN
+                        got := got || c.number;
+                    END IF;
+                EXCEPTION WHEN serialization_failure THEN
+                    NULL;  -- taken and committed after this snapshot
+                END;
+            END LOOP;
+        END;
+    EXCEPTION WHEN deadlock_detected THEN
+        PERFORM idmint._error('entity_range_exhausted',
+            format('entity type %s (%s): fewer than %s free numbers are not held by open transactions, '
+                   'and a transaction taking the rest is waiting for this one',
+                   p, (SELECT r.name FROM idmint.entity_ranges r WHERE r.prefix = p), n),
+            'ask for fewer, or retry once the other transactions have ended');
+    END;
+    RETURN coalesce(got, '{}');
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_deal(integer, integer, integer, boolean, integer) IS
+    'Deal up to k uniformly random cards of a shard''s deck, locked; passing over (or, wait, waiting for) cards others are taking';
+
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
 -- a one-digit prefix or a type name. Fast path while the shard this transaction took last
 -- keeps sparse room (by the hint; a transaction's first number of the type takes a shard
@@ -1895,23 +1968,29 @@ BEGIN
         ELSIF phase = 5 THEN
             -- Cards of shards that others hold (one statement: dealt, deleted, counted).
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
-            WITH c AS (
-                SELECT f.prefix, f.shard, f.number FROM idmint.entity_free f
-                WHERE f.prefix = p
-                  AND f.shard = ANY (ARRAY(SELECT x.shard FROM idmint.entity_shards x
-                                           WHERE x.prefix = p AND x.deck AND x.shard <> ALL (held)))
-                ORDER BY gen_random_uuid() LIMIT want
-                FOR UPDATE OF f SKIP LOCKED
-            ), d AS (
-                DELETE FROM idmint.entity_free f USING c
-                WHERE f.prefix = c.prefix AND f.shard = c.shard AND f.number = c.number
-                RETURNING f.shard, f.number
-            ), u AS (
-                INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n)
-                SELECT p, d.shard, me, count(*) FROM d GROUP BY d.shard
-                ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + excluded.n
-            )
-            SELECT array_agg(d.number) INTO got_nums FROM d;
+            BEGIN
+                WITH c AS (
+                    SELECT f.prefix, f.shard, f.number FROM idmint.entity_free f
+                    WHERE f.prefix = p
+                      AND f.shard = ANY (ARRAY(SELECT x.shard FROM idmint.entity_shards x
+                                               WHERE x.prefix = p AND x.deck AND x.shard <> ALL (held)))
+                    ORDER BY gen_random_uuid() LIMIT want
+                    FOR UPDATE OF f SKIP LOCKED
+                ), d AS (
+                    DELETE FROM idmint.entity_free f USING c
+                    WHERE f.prefix = c.prefix AND f.shard = c.shard AND f.number = c.number
+                    RETURNING f.shard, f.number
+                ), u AS (
+                    INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n)
+                    SELECT p, d.shard, me, count(*) FROM d GROUP BY d.shard
+                    ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + excluded.n
+                )
+                SELECT array_agg(d.number) INTO got_nums FROM d;
+            EXCEPTION WHEN serialization_failure THEN
+                -- (REPEATABLE READ / SERIALIZABLE: a card taken and committed after this
+                -- snapshot; no steal then, phase 6 decides.)
+                got_nums := NULL;
+            END;
             IF got_nums IS NOT NULL THEN
                 -- Inserted now: a shard taken in phase 6 counts them among this
                 -- transaction's rows (see _entity_mine and the fold).
@@ -2101,32 +2180,9 @@ BEGIN
                 st[j][4] := 1;
                 newdeck := newdeck || s;
             END IF;
-            -- Deal k cards: a uniformly random k-subset of the deck in random order (a
-            -- fresh uuid per card from the strong source; at most 1 250 cards). Every free
-            -- number of the shard is equally likely, and each deal is drawn anew, so a
-            -- rolled-back deal tells nothing about the next one.
-            -- Cards that another transaction is taking (it stole them: its lock) are passed
-            -- over; in phase 6 the deal waits for them instead (they may come back).
-            IF NOT waiting THEN
-                SELECT array_agg(z.number ORDER BY z.u) INTO got_nums
-                FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
-                      WHERE f.prefix = p AND f.shard = s
-                      ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
-            ELSE
-                BEGIN
-                    SELECT array_agg(z.number ORDER BY z.u) INTO got_nums
-                    FROM (SELECT f.number, gen_random_uuid() AS u FROM idmint.entity_free f
-                          WHERE f.prefix = p AND f.shard = s
-                          ORDER BY 2 LIMIT k FOR UPDATE OF f) z;
-                EXCEPTION WHEN deadlock_detected THEN
-                    SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
-                    PERFORM idmint._error('entity_range_exhausted',
-                        format('entity type %s (%s): fewer than %s free numbers are not held by open transactions, '
-                               'and a transaction taking the rest is waiting for this one', p, type_name, n),
-                        'ask for fewer, or retry once the other transactions have ended');
-                END;
-            END IF;
-            got_nums := coalesce(got_nums, '{}');
+            -- Deal k cards (see _entity_deal: uniform, drawn anew; cards others are
+            -- taking passed over, or in phase 6 waited for).
+            got_nums := idmint._entity_deal(p, s, k, waiting, n);
             IF cardinality(got_nums) < k THEN
                 -- Others took some of the cards since this plan was made: the rest comes
                 -- from elsewhere (below), never an error here.

@@ -414,3 +414,21 @@ def test_a_claim_in_a_shard_another_transaction_holds_takes_the_card(
     c.rollback()
     assert_exact(db)
     assert issued(db, PREFIX) == 1_000_000
+
+
+def test_a_repeatable_read_holder_deals_after_a_committed_steal(
+    db: psycopg.Connection, app_connect: Connect
+) -> None:
+    """A REPEATABLE READ holder's snapshot still shows the cards that another transaction
+    took and committed after it: locking one raises 40001, so its deal locks the cards one
+    by one and passes over those; it gets every other free number."""
+    only_free(db, PREFIX, {17: (60, True)})
+    h, s = app_connect(autocommit=False), app_connect()
+    h.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    (first,) = gen(h, PREFIX, 1)
+    theirs = gen(s, PREFIX, 5)  # committed: cards of h's shard
+    got = gen(h, PREFIX, 54)
+    assert len(set(got)) == 54 and not set(got) & set(theirs) and first not in got
+    h.commit()
+    assert_exact(db)
+    assert issued(db, PREFIX) == 1_000_000
