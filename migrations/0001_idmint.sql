@@ -1337,23 +1337,32 @@ COMMENT ON FUNCTION idmint.assign_driver_id() IS
 --    A transaction issues only from shards it holds: it locks them with FOR NO KEY UPDATE
 --    SKIP LOCKED, chosen at random weighted by their free numbers, and keeps them to its end.
 --    So no issuer waits for another, and an insert into a held shard never meets another
---    transaction's uncommitted number. A call waits only when the shards nobody holds
---    cannot supply it; then it locks the rest in shard order and decides on committed
---    state (ID005). A transaction keeps using the shards it holds for its later calls.
+--    transaction's uncommitted number. A transaction keeps using the shards it holds for
+--    its later calls.
+--  * Card sharing. A holder holds only the numbers it took: when the shards nobody holds
+--    cannot supply a call, it takes cards of the decks of shards other open transactions
+--    hold (FOR UPDATE SKIP LOCKED on the cards), counted in entity_steals; every deal
+--    locks its cards the same way and passes over those others took, topping up from
+--    elsewhere. Only then does a call wait: it locks the remaining shards in shard order,
+--    deals waiting for cards others are taking, and decides on committed state (ID005).
 --  * Counts. entity_shards.issued counts a shard's committed numbers. Taking a shard
 --    makes the transaction its holder (entity_shards.holder), which queues a deferred
 --    constraint trigger; at commit it counts the transaction's rows in entity_numbers
 --    (issued_xid) into its shards. So a call writes no counter row, a column DEFAULT never
 --    updates a row per inserted row, and no app can misstate a count. entity_capacity sums
---    the shards. How many numbers a transaction took from each shard is also kept as a
---    hint in a transaction-local setting, read by its own later calls only.
+--    the shards and the committed steal rows (numbers taken from decks of shards another
+--    transaction held; the next taker of the shard folds them into `issued` in the
+--    statements that take it). How many numbers a transaction took from each shard is
+--    also kept as a hint in a transaction-local setting, read by its own later calls only.
 --  * Within a shard: random members with an index probe while it keeps 1 250 free (at
 --    most 4 probes per number); then a deck of its free numbers, built once (bounded by
 --    the shard: 5 000 probes); a call deals a uniformly random subset of the cards, drawn
 --    afresh each time, so there is no cursor or stored order a rollback could reveal.
 --  * Numbers come out in draw order (random). Claims take the number's own shard (and
---    wait if another open transaction holds it: see _claim_entity_number); un-issues put
---    numbers back.
+--    wait if another open transaction holds it), or, in a deck shard another open
+--    transaction holds, only the number's card (waiting only while another transaction is
+--    taking that very number): see _claim_entity_number; un-issues put numbers back
+--    (a stolen one without taking its shard).
 -- Randomness: gen_random_uuid() (the server's strong random source; setseed() and
 -- random() play no part). Each uuid yields six independent uniform 20-bit values; values
 -- outside the wanted range are rejected, so every draw is exactly uniform.
@@ -1516,6 +1525,40 @@ $$;
 COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
     'The numbers this transaction issued in a shard (its rows)';
 
+-- Fold the steal rows of deck shards this transaction has just taken (see entity_steals;
+-- a shard without a deck has none): each leaves, and exactly the rows deleted (the
+-- DELETE's own result, whatever the snapshot) go into `issued`. Other transactions'
+-- committed rows move into the count; this transaction's own ones leave too and their
+-- numbers come back into `issued` here, because the take has just taken all of its rows
+-- in the shard out of it (`_entity_mine`; its commit-time count adds them all). Only
+-- called right after such a take (the holder's row lock held). `taken`: hint rows
+-- {shard, issued, mine, deck}; returned with issued after the fold.
+CREATE FUNCTION idmint._entity_fold(p integer, taken integer[]) RETURNS integer[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    now_issued integer;
+BEGIN
+    FOR j IN 1 .. coalesce(array_length(taken, 1), 0) LOOP
+        CONTINUE WHEN taken[j][4] = 0;
+        WITH d AS (
+            DELETE FROM idmint.entity_steals t WHERE t.prefix = p AND t.shard = taken[j][1]
+            RETURNING t.n
+        )
+        UPDATE idmint.entity_shards x SET issued = x.issued + (SELECT sum(d.n) FROM d)::integer
+        WHERE x.prefix = p AND x.shard = taken[j][1] AND EXISTS (SELECT FROM d)
+        RETURNING x.issued INTO now_issued;
+        IF FOUND THEN
+            taken[j][2] := now_issued;
+        END IF;
+    END LOOP;
+    RETURN taken;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_fold(integer, integer[]) IS
+    'Move the steal rows of deck shards just taken into their issued counts (exactly the rows deleted); the hint rows with issued after the fold';
+
 -- Take one shard of a type with a free number (not in `held`), picked with probability
 -- proportional to its free numbers, whether it still has sparse room or deals from a
 -- deck, so that every free number is as likely to come next: 24 random
@@ -1552,37 +1595,30 @@ BEGIN
     ), z AS (
         -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
         SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
-        -- (The committed count: issued plus the shard's committed steal rows, see entity_steals.)
-        CROSS JOIN LATERAL (SELECT x.issued + coalesce(sum(t.n), 0)::integer AS c FROM idmint.entity_steals t
-                            WHERE t.prefix = x.prefix AND t.shard = x.shard) k
+        -- (The committed count: issued plus the shard's committed steal rows, see
+        -- entity_steals; only a shard with a deck can have any.)
+        CROSS JOIN LATERAL (SELECT x.issued + CASE WHEN x.deck THEN (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t
+                                                                 WHERE t.prefix = x.prefix AND t.shard = x.shard)::integer
+                                              ELSE 0 END AS c) k
         WHERE x.prefix = _entity_take_one.prefix AND x.shard = ANY (ARRAY(SELECT c.shard FROM c))
           AND k.c < 5000 AND x.shard <> ALL (held)
           AND c.w::bigint * 5000 < 65536 * (5000 - k.c)
         ORDER BY c.i
         LIMIT 1
         FOR NO KEY UPDATE OF x SKIP LOCKED
-    ), d AS (
-        -- Fold: the shard's steal rows this statement sees leave, and exactly those (the
-        -- DELETE's own rows) go into issued; this transaction's own ones leave too, its
-        -- commit-time count counting them from its rows (see entity_steals).
-        DELETE FROM idmint.entity_steals t USING z
-        WHERE t.prefix = z.prefix AND t.shard = z.shard
-        RETURNING t.shard, t.n, t.xid = pg_current_xact_id() AS own
-    ), f AS (
-        SELECT z.shard, coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
-               coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
-        FROM z LEFT JOIN d ON d.shard = z.shard GROUP BY z.shard
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = pg_current_xact_id(),
-            issued = x.issued + f.others
-                     - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM pg_current_xact_id()
-                            THEN idmint._entity_mine(x.prefix, x.shard) - f.own ELSE 0 END
-        FROM z JOIN f ON f.shard = z.shard
+            issued = x.issued - CASE WHEN maybe_mine AND x.holder IS DISTINCT FROM pg_current_xact_id()
+                                     THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
+        FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued, z.issued + f.others + f.own - x.issued AS mine, x.deck
+        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck
     )
     SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer]) INTO taken FROM a;
+    IF taken[1][4] = 1 THEN
+        RETURN idmint._entity_fold(prefix, taken);
+    END IF;
     RETURN taken;
 END
 $$;
@@ -1640,34 +1676,30 @@ BEGIN
     WITH z AS (
         SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (5000 - k.c) AS w
         FROM idmint.entity_shards x
-        -- (The committed count: issued plus the shard's committed steal rows, see entity_steals.)
-        CROSS JOIN LATERAL (SELECT x.issued + coalesce(sum(t.n), 0)::integer AS c FROM idmint.entity_steals t
-                            WHERE t.prefix = x.prefix AND t.shard = x.shard) k
+        -- (The committed count: issued plus the shard's committed steal rows, see
+        -- entity_steals; only a shard with a deck can have any.)
+        CROSS JOIN LATERAL (SELECT x.issued + CASE WHEN x.deck THEN (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t
+                                                                 WHERE t.prefix = x.prefix AND t.shard = x.shard)::integer
+                                              ELSE 0 END AS c) k
         JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
         WHERE x.prefix = p AND k.c < 5000 - lim AND x.shard <> ALL (held)
         ORDER BY 4 DESC
         LIMIT kk
         FOR NO KEY UPDATE OF x SKIP LOCKED
-    ), d AS (
-        DELETE FROM idmint.entity_steals t USING z
-        WHERE t.prefix = z.prefix AND t.shard = z.shard
-        RETURNING t.shard, t.n, t.xid = me AS own
-    ), f AS (
-        SELECT z.shard, coalesce(sum(d.n) FILTER (WHERE NOT d.own), 0)::integer AS others,
-               coalesce(sum(d.n) FILTER (WHERE d.own), 0)::integer AS own
-        FROM z LEFT JOIN d ON d.shard = z.shard GROUP BY z.shard
     ), a AS (
         UPDATE idmint.entity_shards x
         SET holder = me,
-            issued = x.issued + f.others
-                     - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
-                            THEN idmint._entity_mine(p, x.shard) - f.own ELSE 0 END
-        FROM z JOIN f ON f.shard = z.shard
+            issued = x.issued - CASE WHEN x.holder IS DISTINCT FROM me AND has_rows
+                                     THEN idmint._entity_mine(p, x.shard) ELSE 0 END
+        FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued, z.issued + f.others + f.own - x.issued AS mine, x.deck, z.w
+        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck, z.w
     )
     SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.w DESC)
     INTO taken FROM a;
+    IF 1 = ANY (ARRAY(SELECT taken[g][4] FROM generate_subscripts(taken, 1) AS g)) THEN
+        RETURN idmint._entity_fold(p, taken);
+    END IF;
     RETURN taken;
 END
 $$;
@@ -2288,9 +2320,11 @@ EXECUTE FUNCTION idmint._entity_flush();
 -- at commit. Below 50 % fill nothing can be due, and it returns without a lock; from 50 %
 -- on it serialises the committing transactions of the type on the type row (for the
 -- moment of their commit only), so each crossing is sent once, by the commit that makes
--- it. Two cases cannot see the crossing at commit: transactions holding together more
--- than 100 000 uncommitted numbers that commit at the same instant from below 50 %, and a
--- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits). Their
+-- it. Three cases cannot see the crossing at commit: transactions holding together more
+-- than 100 000 uncommitted numbers that commit at the same instant from below 50 %, a
+-- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits), and a
+-- transaction that only took cards of shards others held (it holds no shard, so no
+-- count runs at its commit; its numbers are counted by its entity_steals rows). Their
 -- crossing is sent by the next commit of the type from 50 % on, or by the next cleanup
 -- run (`catch_up`: purge_expired_reservations, which skips a type whose row is locked:
 -- a committing transaction is checking it right then). A commit tries for the type row
@@ -2414,7 +2448,11 @@ COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
 -- like a generator does (holder, row lock), so it waits while another open transaction
 -- holds that shard (1/200 of the type). Deliberately: a claim that inserted into a shard
 -- held by an open generator would make that generator wait whenever one of its random
--- candidates met the claimed, uncommitted number, and generators never wait.
+-- candidates met the claimed, uncommitted number, and generators never wait. Except in a
+-- shard with a deck that another open transaction holds: its holder deals only cards
+-- (never probes), so the claim takes the number's card like a stealing call (entity_steals)
+-- and waits only while another transaction is taking that card; a deadlock there (the
+-- other waits for this one) is ID004: the number is being issued by another transaction.
 CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql
@@ -2542,7 +2580,9 @@ COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean) IS
 -- afterwards they are free exactly as if never issued: the shard counts, the decks and
 -- later calls behave as if the issue never happened. Numbers this transaction did not
 -- issue are left alone. Their shards are held by this transaction already (it issued
--- from them); taking them again queues the count again if it ran already.
+-- from them); taking them again queues the count again if it ran already. Numbers it
+-- stole (entity_steals) go back as cards and its steal row goes down, without taking
+-- the shard (its holder is another open transaction).
 CREATE FUNCTION idmint._unissue_entity_numbers(numbers integer[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
