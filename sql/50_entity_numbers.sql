@@ -534,7 +534,7 @@ COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
 -- returns them in random order. `how` goes to the audit; `bind` marks the numbers as
 -- carried by an app row already (the trigger's own numbers).
 CREATE FUNCTION idmint._issue_entity_numbers(prefix integer, n integer, how text, bind boolean DEFAULT false,
-                                            avoid integer[] DEFAULT '{}')
+                                            avoid integer[] DEFAULT '{}', asked integer DEFAULT NULL)
 RETURNS SETOF text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -659,8 +659,10 @@ BEGIN
                 -- free numbers from other issuers (a phase repeats if they fall short).
                 SELECT ceil(want / avg(size - k.c - lim))::integer INTO kk
                 FROM idmint.entity_shards y
-                CROSS JOIN LATERAL (SELECT y.issued + coalesce(sum(t.n), 0)::integer AS c FROM idmint.entity_steals t
-                                    WHERE t.prefix = y.prefix AND t.shard = y.shard) k
+                CROSS JOIN LATERAL (SELECT y.issued + CASE WHEN y.deck THEN (SELECT coalesce(sum(t.n), 0)
+                                                                             FROM idmint.entity_steals t
+                                                                             WHERE t.prefix = y.prefix AND t.shard = y.shard)::integer
+                                                          ELSE 0 END AS c) k
                 WHERE y.prefix = p AND k.c < size - lim AND y.shard <> ALL (held);
                 IF kk > 0 THEN
                     fresh := idmint._entity_take_weighted(p, held, lim, kk, has_rows);
@@ -736,7 +738,7 @@ BEGIN
                 SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
                 PERFORM idmint._error('entity_range_exhausted',
                     format('entity type %s (%s): fewer than %s free numbers are not held by open transactions, '
-                           'and a transaction holding the rest is waiting for this one', p, type_name, n),
+                           'and a transaction holding the rest is waiting for this one', p, type_name, coalesce(asked, n)),
                     'ask for fewer, or retry once the other transactions have ended');
             END;
         END IF;
@@ -801,9 +803,11 @@ BEGIN
         END IF;
         IF want > 0 AND phase = 6 THEN
             SELECT r.name INTO type_name FROM idmint.entity_ranges r WHERE r.prefix = p;
-            free_left := n - want;
+            -- (A top-up's caller asked for `asked` and has the rest of it already.)
+            free_left := coalesce(asked, n) - want;
             PERFORM idmint._error('entity_range_exhausted',
-                format('entity type %s (%s) has %s free number(s), %s requested', p, type_name, free_left, n),
+                format('entity type %s (%s) has %s free number(s), %s requested', p, type_name, free_left,
+                       coalesce(asked, n)),
                 CASE WHEN free_left > 0 THEN format('ask for at most %s', free_left)
                      ELSE 'the type''s 1 000 000 numbers are all issued; register another type with idmint.add_entity_type' END);
         END IF;
@@ -883,7 +887,7 @@ BEGIN
             END IF;
             -- Deal k cards (see _entity_deal: uniform, drawn anew; cards others are
             -- taking passed over, or in phase 6 waited for).
-            got_nums := idmint._entity_deal(p, s, k, waiting, n);
+            got_nums := idmint._entity_deal(p, s, k, waiting, coalesce(asked, n));
             IF cardinality(got_nums) < k THEN
                 -- Others took some of the cards since this plan was made: the rest comes
                 -- from elsewhere (below), never an error here.
@@ -915,11 +919,12 @@ BEGIN
         -- (set above) counting what they gave; those decks give nothing more before its
         -- phase 6, so it takes other shards, steals or waits, and decides ID005 there
         -- (which aborts this statement: nothing is registered).
-        RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(p, short, how, bind, avoid || short_shards) AS x;
+        RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(p, short, how, bind, avoid || short_shards,
+                                                                 coalesce(asked, n)) AS x;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[]) IS
+COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[], integer) IS
     'Issue n numbers of a type from shards this transaction holds (SKIP LOCKED: never waits while enough free numbers are not held by others), uniform within each shard; ID005 (nothing issued) if fewer are free on committed state';
 
 -- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
