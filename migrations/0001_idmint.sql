@@ -1934,9 +1934,10 @@ BEGIN
         PERFORM idmint._entity_prefix(p);  -- ID008
     END IF;
     base := p * 1000000;
-    -- The shards taken below queue their commit-time count; it must run at commit (an app
-    -- may have said SET CONSTRAINTS ALL IMMEDIATE), when this call's rows exist.
-    SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+    -- The shards taken below queue their commit-time count, and cards taken from decks of
+    -- shards others hold their threshold check; these must run at commit (an app may have
+    -- said SET CONSTRAINTS ALL IMMEDIATE), when this call's rows exist.
+    SET CONSTRAINTS idmint.entity_shards_flush, idmint.entity_steals_alert DEFERRED;
     -- Whether this transaction issued anything yet (planned with the value: a generic plan
     -- estimates a transaction's rows from the few huge ones and reads the whole table).
     EXECUTE 'SELECT EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.issued_xid = $1)' INTO has_rows USING me;
@@ -2001,30 +2002,27 @@ BEGIN
             END IF;
         ELSIF phase = 5 THEN
             -- Cards of shards that others hold (one statement: dealt, deleted, counted).
+            -- Under REPEATABLE READ or SERIALIZABLE a card taken and committed after this
+            -- snapshot raises 40001 here, for the caller: this snapshot cannot tell whether
+            -- the free numbers nobody holds are enough, so it must not go on to wait.
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
-            BEGIN
-                WITH c AS (
-                    SELECT f.prefix, f.shard, f.number FROM idmint.entity_free f
-                    WHERE f.prefix = p
-                      AND f.shard = ANY (ARRAY(SELECT x.shard FROM idmint.entity_shards x
-                                               WHERE x.prefix = p AND x.deck AND x.shard <> ALL (held)))
-                    ORDER BY gen_random_uuid() LIMIT want
-                    FOR UPDATE OF f SKIP LOCKED
-                ), d AS (
-                    DELETE FROM idmint.entity_free f USING c
-                    WHERE f.prefix = c.prefix AND f.shard = c.shard AND f.number = c.number
-                    RETURNING f.shard, f.number
-                ), u AS (
-                    INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n)
-                    SELECT p, d.shard, me, count(*) FROM d GROUP BY d.shard
-                    ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + excluded.n
-                )
-                SELECT array_agg(d.number) INTO got_nums FROM d;
-            EXCEPTION WHEN serialization_failure THEN
-                -- (REPEATABLE READ / SERIALIZABLE: a card taken and committed after this
-                -- snapshot; no steal then, phase 6 decides.)
-                got_nums := NULL;
-            END;
+            WITH c AS (
+                SELECT f.prefix, f.shard, f.number FROM idmint.entity_free f
+                WHERE f.prefix = p
+                  AND f.shard = ANY (ARRAY(SELECT x.shard FROM idmint.entity_shards x
+                                           WHERE x.prefix = p AND x.deck AND x.shard <> ALL (held)))
+                ORDER BY gen_random_uuid() LIMIT want
+                FOR UPDATE OF f SKIP LOCKED
+            ), d AS (
+                DELETE FROM idmint.entity_free f USING c
+                WHERE f.prefix = c.prefix AND f.shard = c.shard AND f.number = c.number
+                RETURNING f.shard, f.number
+            ), u AS (
+                INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n)
+                SELECT p, d.shard, me, count(*) FROM d GROUP BY d.shard
+                ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + excluded.n
+            )
+            SELECT array_agg(d.number) INTO got_nums FROM d;
             IF got_nums IS NOT NULL THEN
                 -- Inserted now: a shard taken in phase 6 counts them among this
                 -- transaction's rows (see _entity_mine and the fold).
@@ -2245,6 +2243,13 @@ BEGIN
         setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
     END IF;
     RETURN QUERY SELECT x::text FROM unnest(nums || stolen) AS x;
+    IF short > 0 AND waiting AND current_setting('transaction_isolation') <> 'read committed' THEN
+        -- Cards taken and committed after this snapshot (passed over by the deal): a
+        -- top-up would see the same snapshot and come up short again, for ever.
+        RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+            MESSAGE = format('could not serialize access: numbers of entity type %s were taken after this transaction''s snapshot', p),
+            HINT = 'retry the transaction';
+    END IF;
     IF short > 0 THEN
         -- Top up: the same allocator for what the short decks did not give, with the hint
         -- (set above) counting what they gave; those decks give nothing more before its
@@ -2303,11 +2308,7 @@ BEGIN
     -- settling checks that type instead (settle_bindings), so that nothing is sent early.
     FOR i IN 1 .. coalesce(cardinality(types), 0) LOOP
         ignored := set_config('idmint.entity_' || types[i], '', true);
-        IF NOT EXISTS (SELECT FROM idmint.pending_bindings b
-                       WHERE b.xid = me AND b.kind = 'entity'
-                         AND b.number BETWEEN types[i] * 1000000 AND types[i] * 1000000 + 999999) THEN
-            PERFORM idmint._entity_alert(types[i]);
-        END IF;
+        PERFORM idmint._entity_commit_alert(types[i]);
     END LOOP;
     RETURN NULL;
 END
@@ -2320,16 +2321,33 @@ DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW WHEN (NEW.holder IS NOT NULL)
 EXECUTE FUNCTION idmint._entity_flush();
 
+-- A transaction that took cards of shards others held (entity_steals) may hold no shard,
+-- so no count runs at its commit: this trigger checks the thresholds then instead.
+CREATE FUNCTION idmint._entity_steals_alert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM idmint._entity_commit_alert(NEW.prefix);
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_steals_alert() IS
+    'Deferred trigger: check the capacity thresholds at the commit of a transaction that took cards of shards others held';
+
+CREATE CONSTRAINT TRIGGER entity_steals_alert AFTER INSERT ON idmint.entity_steals
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW
+EXECUTE FUNCTION idmint._entity_steals_alert();
+
 -- NOTIFY idmint_capacity for each threshold (0.6, 0.8, 0.95) that the type's committed count
 -- has reached and that was not notified yet (entity_ranges.alerted). Called while counting
 -- at commit. Below 50 % fill nothing can be due, and it returns without a lock; from 50 %
 -- on it serialises the committing transactions of the type on the type row (for the
 -- moment of their commit only), so each crossing is sent once, by the commit that makes
--- it. Three cases cannot see the crossing at commit: transactions holding together more
+-- it. Two cases cannot see the crossing at commit: transactions holding together more
 -- than 100 000 uncommitted numbers that commit at the same instant from below 50 %, a
--- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits), and a
--- transaction that only took cards of shards others held (it holds no shard, so no
--- count runs at its commit; its numbers are counted by its entity_steals rows). Their
+-- REPEATABLE READ or SERIALIZABLE commit (its snapshot cannot see later commits). Their
 -- crossing is sent by the next commit of the type from 50 % on, or by the next cleanup
 -- run (`catch_up`: purge_expired_reservations, which skips a type whose row is locked:
 -- a committing transaction is checking it right then). A commit tries for the type row
@@ -2403,6 +2421,25 @@ END
 $$;
 COMMENT ON FUNCTION idmint._entity_alert(integer, boolean) IS
     'At commit (or catching up, from the cleanup): notify each entity capacity threshold the type''s committed count reached for the first time (exactly once per crossing)';
+
+-- At commit: check a type's thresholds, unless trigger bindings of this transaction wait
+-- to be settled (some of its numbers may still be un-issued: an upsert that stored no
+-- row); settle_bindings checks the type then, so that nothing is sent early.
+CREATE FUNCTION idmint._entity_commit_alert(prefix integer) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM idmint.pending_bindings b
+                   WHERE b.xid = pg_current_xact_id() AND b.kind = 'entity'
+                     AND b.number BETWEEN _entity_commit_alert.prefix * 1000000
+                                      AND _entity_commit_alert.prefix * 1000000 + 999999) THEN
+        PERFORM idmint._entity_alert(_entity_commit_alert.prefix);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_commit_alert(integer) IS
+    'At commit: check a type''s capacity thresholds unless trigger bindings of this transaction are still to be settled';
 
 -- The public generators are one-line wrappers of the allocator. Measured: calling it in
 -- FROM costs about a third of calling it in the select list (ProjectSet), per call.
@@ -2505,7 +2542,7 @@ BEGIN
         EXIT WHEN attempt = 2;
         s := (get_byte(key, v % 200) + get_byte(key, 400 + (v % 1000000 / 200) % 100)
               + get_byte(key, 500 + v % 1000000 / 20000)) % 200;
-        SET CONSTRAINTS idmint.entity_shards_flush DEFERRED;
+        SET CONSTRAINTS idmint.entity_shards_flush, idmint.entity_steals_alert DEFERRED;
         -- A shard with a deck that another open transaction holds: take the number's card
         -- instead of the shard (the holder deals only cards, so it never meets the number).
         IF EXISTS (SELECT FROM idmint.entity_shards x

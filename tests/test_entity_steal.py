@@ -86,7 +86,9 @@ def assert_exact(db: psycopg.Connection) -> None:
         {"p": PREFIX},
     ).fetchall()
     assert bad == []
-    rows = scalar(db, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %s", [PREFIX])
+    rows = scalar(
+        db, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %s", [PREFIX]
+    )
     assert issued(db, PREFIX) == rows
 
 
@@ -242,7 +244,9 @@ def test_a_claim_and_a_short_generator_never_deadlock(
     tg.join()
     assert not any(v.startswith("40P01") for v in out.values()), out
     if dealt:
-        assert out["c"].startswith("ID004") and out["g"] == "60" or out["g"].startswith("ID005"), out
+        assert (out["c"].startswith("ID004") and out["g"] == "60") or out["g"].startswith(
+            "ID005"
+        ), out
     else:
         assert out == {"c": "claimed", "g": "119"}, out
     g.commit()
@@ -253,7 +257,9 @@ def test_a_claim_and_a_short_generator_never_deadlock(
 
 
 @pytest.mark.parametrize("end", ["commit", "rollback"])
-def test_capacity_is_exact_after_steals(db: psycopg.Connection, app_connect: Connect, end: str) -> None:
+def test_capacity_is_exact_after_steals(
+    db: psycopg.Connection, app_connect: Connect, end: str
+) -> None:
     """a holds shard A (took 1); b asks for 61: all of B and one card of A (a steal).
     entity_capacity counts b's numbers once b commits (and never before), not at all if
     it rolls back; a later taker of A folds the steal row into A's count."""
@@ -378,7 +384,10 @@ def test_an_upsert_that_stores_nothing_gives_a_stolen_number_back(
     b.execute("INSERT INTO steal.parts (sku) VALUES ('s1'), ('s2') ON CONFLICT (sku) DO NOTHING")
     b.commit()
     assert steals(db) == 2  # s2's number only
-    assert scalar(db, "SELECT count(*) FROM idmint.entity_free WHERE prefix = %s", [PREFIX]) == cards - 1
+    assert (
+        scalar(db, "SELECT count(*) FROM idmint.entity_free WHERE prefix = %s", [PREFIX])
+        == cards - 1
+    )
     assert scalar(db, "SELECT pn FROM steal.parts WHERE sku = 's1'") == kept
     a.commit()
     assert_exact(db)
