@@ -98,6 +98,30 @@ def app(
     db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+@pytest.fixture
+def app_role(db: psycopg.Connection) -> Iterator[str]:
+    """A login role that is a member of idmint_user only (EXECUTE on the public functions)
+    and owns the schema `own`."""
+    role = unique_role(db, "idmint_own_app")
+    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("CREATE SCHEMA own AUTHORIZATION {}").format(sql.Identifier(role)))
+    yield role
+    db.execute("DROP SCHEMA own CASCADE")
+    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def app_connect(
+    connect: Callable[..., psycopg.Connection], app_role: str
+) -> Callable[..., psycopg.Connection]:
+    """Connections as app_role (keyword arguments as for `connect`)."""
+
+    def _connect(**kwargs: object) -> psycopg.Connection:
+        return connect(user=app_role, **kwargs)
+
+    return _connect
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PGAPPNAME", "idmint-tests")
 

@@ -9,9 +9,6 @@ that is a member of idmint_user (EXECUTE only) and owns its own schema.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from psycopg import sql
@@ -19,26 +16,6 @@ from psycopg import sql
 from tests.util import Connect, gen, issued, only_free, scalar
 
 PREFIX = 9
-
-
-@pytest.fixture
-def app_role(db: psycopg.Connection) -> Iterator[str]:
-    """An app role: member of idmint_user only, owner of its own schema."""
-    role = f"attack2_app_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
-    db.execute(sql.SQL("CREATE SCHEMA attack2 AUTHORIZATION {}").format(sql.Identifier(role)))
-    yield role
-    db.execute("DROP SCHEMA attack2 CASCADE")
-    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-
-
-@pytest.fixture
-def app_connect(connect: Connect, app_role: str) -> Connect:
-    def _connect(**kwargs: object) -> psycopg.Connection:
-        return connect(user=app_role, **kwargs)
-
-    return _connect
 
 
 # --- Uniform over the free numbers ---------------------------------------------------------
@@ -114,19 +91,19 @@ def test_an_upsert_that_stores_nothing_sends_no_alert(
     the un-issue then lowers `alerted` again, so the real crossing sends 0.6 again."""
     fill_to(db, 599_998)
     app = app_connect()
-    app.execute("CREATE TABLE attack2.parts (id integer PRIMARY KEY, number text UNIQUE)")
+    app.execute("CREATE TABLE own.parts (id integer PRIMARY KEY, number text UNIQUE)")
     app.execute(
-        "CREATE TRIGGER parts_number BEFORE INSERT OR UPDATE OR DELETE ON attack2.parts"
+        "CREATE TRIGGER parts_number BEFORE INSERT OR UPDATE OR DELETE ON own.parts"
         " FOR EACH ROW EXECUTE FUNCTION idmint.assign_entity_number('number', '9')"
     )
-    app.execute("INSERT INTO attack2.parts (id) VALUES (1)")  # 599 999 committed
+    app.execute("INSERT INTO own.parts (id) VALUES (1)")  # 599 999 committed
     assert issued(db, PREFIX) == 599_999
     listener = connect()
     listener.execute("LISTEN idmint_capacity")
-    app.execute("INSERT INTO attack2.parts (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
+    app.execute("INSERT INTO own.parts (id) VALUES (1) ON CONFLICT (id) DO NOTHING")
     assert issued(db, PREFIX) == 599_999  # nothing stored, nothing stays issued
     early = thresholds(listener)
-    app.execute("INSERT INTO attack2.parts (id) VALUES (2)")  # 600 000: the real crossing
+    app.execute("INSERT INTO own.parts (id) VALUES (2)")  # 600 000: the real crossing
     assert issued(db, PREFIX) == 600_000
     real = thresholds(listener)
     assert (early, real) == ([], [0.6])

@@ -13,36 +13,13 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests.util import Connect, gen, issued, only_free, raises_sqlstate, scalar, wait_until_blocked
 
 PREFIX = 9
-
-
-@pytest.fixture
-def app_role(db: psycopg.Connection) -> Iterator[str]:
-    """An app role: member of idmint_user only, owner of its own schema."""
-    role = f"steal_app_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
-    db.execute(sql.SQL("CREATE SCHEMA steal AUTHORIZATION {}").format(sql.Identifier(role)))
-    yield role
-    db.execute("DROP SCHEMA steal CASCADE")
-    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-
-
-@pytest.fixture
-def app_connect(connect: Connect, app_role: str) -> Connect:
-    def _connect(**kwargs: object) -> psycopg.Connection:
-        return connect(user=app_role, **kwargs)
-
-    return _connect
 
 
 def shard_of(db: psycopg.Connection, number: int | str) -> int:
@@ -368,27 +345,27 @@ def test_an_upsert_that_stores_nothing_gives_a_stolen_number_back(
     another open transaction holds (without waiting for it), and its steal row down."""
     only_free(db, PREFIX, {17: (60, True)})
     db.execute(
-        "CREATE TABLE steal.parts (sku text PRIMARY KEY, pn varchar(7) UNIQUE);"
-        " CREATE TRIGGER parts_pn BEFORE INSERT OR UPDATE OR DELETE ON steal.parts FOR EACH ROW"
+        "CREATE TABLE own.parts (sku text PRIMARY KEY, pn varchar(7) UNIQUE);"
+        " CREATE TRIGGER parts_pn BEFORE INSERT OR UPDATE OR DELETE ON own.parts FOR EACH ROW"
         " EXECUTE FUNCTION idmint.assign_entity_number('pn', '9');"
-        " GRANT ALL ON steal.parts TO PUBLIC"
+        " GRANT ALL ON own.parts TO PUBLIC"
     )
     a, b = app_connect(autocommit=False), app_connect(autocommit=False)
     gen(a, PREFIX, 1)  # a holds the only shard with free numbers
     b.execute("SET lock_timeout = '1s'")
-    kept = scalar(b, "INSERT INTO steal.parts (sku) VALUES ('s1') RETURNING pn")
+    kept = scalar(b, "INSERT INTO own.parts (sku) VALUES ('s1') RETURNING pn")
     b.commit()
     assert steals(db) == 1
     cards = scalar(db, "SELECT count(*) FROM idmint.entity_free WHERE prefix = %s", [PREFIX])
-    b.execute("INSERT INTO steal.parts (sku) VALUES ('s1') ON CONFLICT (sku) DO NOTHING")
-    b.execute("INSERT INTO steal.parts (sku) VALUES ('s1'), ('s2') ON CONFLICT (sku) DO NOTHING")
+    b.execute("INSERT INTO own.parts (sku) VALUES ('s1') ON CONFLICT (sku) DO NOTHING")
+    b.execute("INSERT INTO own.parts (sku) VALUES ('s1'), ('s2') ON CONFLICT (sku) DO NOTHING")
     b.commit()
     assert steals(db) == 2  # s2's number only
     assert (
         scalar(db, "SELECT count(*) FROM idmint.entity_free WHERE prefix = %s", [PREFIX])
         == cards - 1
     )
-    assert scalar(db, "SELECT pn FROM steal.parts WHERE sku = 's1'") == kept
+    assert scalar(db, "SELECT pn FROM own.parts WHERE sku = 's1'") == kept
     a.commit()
     assert_exact(db)
     assert issued(db, PREFIX) == 1_000_000 - 60 + 3

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -17,23 +15,6 @@ from psycopg import sql
 from tests.util import Connect, gen, issued, only_free, scalar
 
 PREFIX = 9
-
-
-@pytest.fixture
-def app_role(db: psycopg.Connection) -> Iterator[str]:
-    role = f"atk5_app_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
-    yield role
-    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-
-
-@pytest.fixture
-def app_connect(connect: Connect, app_role: str) -> Connect:
-    def _connect(**kwargs: object) -> psycopg.Connection:
-        return connect(user=app_role, **kwargs)
-
-    return _connect
 
 
 def rows(db: psycopg.Connection) -> int:
