@@ -326,8 +326,7 @@ SCRIPTS = {
 def test_scripted_counts_exact(db: psycopg.Connection, app_connect: Connect, script: str) -> None:
     """Scripted interleavings near exhaustion (two deck shards of 60): every session is
     an app-role connection with lock_timeout 2 s; afterwards counts are exact."""
-    free = only_free(db, PREFIX, {17: (60, True), 123: (60, True)})
-    pool = sorted(n for ns in free.values() for n in ns)
+    only_free(db, PREFIX, {17: (60, True), 123: (60, True)})
     conns: dict[str, psycopg.Connection] = {}
     log: list[str] = []
     for who, step in SCRIPTS[script]:
@@ -340,14 +339,14 @@ def test_scripted_counts_exact(db: psycopg.Connection, app_connect: Connect, scr
                 got = gen(c, PREFIX, int(step[4:]))
                 log.append(f"{who} {step} -> {len(got)}")
             elif step == "CLAIMFREE":
-                taken = {
-                    r[0]
-                    for r in db.execute(
-                        "SELECT number FROM idmint.entity_numbers WHERE number / 1000000 = 9 AND number = ANY (%s)",
-                        [pool],
-                    ).fetchall()
-                }
-                v = next(n for n in pool if n not in taken)
+                # A card no open transaction is taking (a claim of one that is being
+                # taken waits for that transaction, as it should).
+                v = scalar(
+                    db,
+                    "SELECT f.number FROM idmint.entity_free f WHERE f.prefix = %s"
+                    " ORDER BY f.number LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    [PREFIX],
+                )
                 c.execute("SELECT idmint.claim_entity_number(%s)", [str(v)])
                 log.append(f"{who} claim {v}")
             elif step == "COMMIT":
