@@ -2965,6 +2965,25 @@ $$;
 COMMENT ON FUNCTION idmint.unbind_entity_number(regclass, text, text) IS
     'For idmint.assign_entity_number(): a row of tbl carrying this number is being deleted; it stays issued and a later row may carry it';
 
+-- For assign_entity_number(): an UPDATE replaces the number that a stored row of tbl
+-- carried. That row was stored with it, so a binding this transaction made for it stands
+-- (not undone at commit): the old number stays issued, and bound, for ever.
+CREATE FUNCTION idmint.keep_entity_number(tbl regclass, col text, number text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM idmint._prepare_binding(tbl, col);
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
+        RETURN;  -- a value idmint never issued carries no binding
+    END IF;
+    DELETE FROM idmint.pending_bindings b
+    WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity' AND b.number = keep_entity_number.number::integer;
+END
+$$;
+COMMENT ON FUNCTION idmint.keep_entity_number(regclass, text, text) IS
+    'For idmint.assign_entity_number(): an UPDATE replaced the number a stored row of tbl carried; it stays issued and bound';
+
 CREATE FUNCTION idmint.assign_entity_number() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
@@ -2991,7 +3010,11 @@ BEGIN
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
-    -- On UPDATE the old number stays issued, and bound, for ever.
+    -- On UPDATE the old number stays issued, and bound, for ever (OLD is a stored row,
+    -- also when this transaction inserted it).
+    IF TG_OP = 'UPDATE' AND old_number IS NOT NULL THEN
+        PERFORM idmint.keep_entity_number(tbl, col, old_number);
+    END IF;
     new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
     IF new_number IS DISTINCT FROM new_row ->> col THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));

@@ -166,6 +166,39 @@ def test_an_upsert_that_updates_the_number_to_the_proposed_one_is_id004(
     assert db.execute("SELECT sku, pn FROM app.parts").fetchall() == [("s1", old)]
 
 
+@pytest.mark.parametrize("origin", ["new", "claimed", "issued"])
+def test_a_number_replaced_in_its_rows_own_transaction_stays_issued_and_bound(
+    parts: psycopg.Connection, origin: str
+) -> None:
+    """§4: "UPDATE to a new value binds the new one; the old stays issued for ever", also
+    when the row was inserted in the same transaction (its number used to be un-issued at
+    commit, as no stored row carried it then, and could be claimed again)."""
+    db = parts
+    with db.transaction():
+        given = None if origin == "new" else "1234567"
+        if origin == "issued":
+            given = scalar(db, "SELECT idmint.gen_entity_number('part')")
+        old = str(scalar(db, "INSERT INTO app.parts VALUES ('s1', %s) RETURNING pn", [given]))
+        db.execute("UPDATE app.parts SET pn = NULL WHERE sku = 's1'")
+    new = scalar(db, "SELECT pn FROM app.parts WHERE sku = 's1'")
+    assert new not in (None, old)
+    assert scalar(db, "SELECT issued FROM idmint.entity_capacity WHERE prefix = 1") == 2
+    assert scalar(
+        db, "SELECT bound_at IS NOT NULL FROM idmint.entity_numbers WHERE number = %s", [int(old)]
+    )
+    with raises_sqlstate("ID004"):
+        db.execute("SELECT idmint.claim_entity_number(%s)", [old])
+    with raises_sqlstate("ID004"):
+        db.execute("INSERT INTO app.parts VALUES ('s2', %s)", [old])
+    # Undone with a savepoint, the UPDATE leaves the row and its number as they were.
+    with db.transaction():
+        db.execute("SAVEPOINT u")
+        db.execute("UPDATE app.parts SET pn = NULL WHERE sku = 's1'")
+        db.execute("ROLLBACK TO u")
+    assert scalar(db, "SELECT pn FROM app.parts WHERE sku = 's1'") == new
+    assert scalar(db, "SELECT issued FROM idmint.entity_capacity WHERE prefix = 1") == 2
+
+
 def test_a_number_stored_in_a_row_of_the_transaction_is_not_bound_twice(
     db: psycopg.Connection,
 ) -> None:

@@ -261,7 +261,7 @@ def test_cleanup_scheduling_without_pg_cron(mint: idmint.IdMint) -> None:
 # settler call with the app's rights.
 NOT_FACADE = {
     "assign_driver_id", "assign_entity_number", "bind_driver_id", "unbind_driver_id",
-    "bind_entity_numbers", "unbind_entity_number", "settle_bindings",
+    "bind_entity_numbers", "unbind_entity_number", "keep_entity_number", "settle_bindings",
 }  # fmt: skip
 
 
