@@ -1531,8 +1531,12 @@ COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
 -- committed rows move into the count; this transaction's own ones leave too and their
 -- numbers come back into `issued` here, because the take has just taken all of its rows
 -- in the shard out of it (`_entity_mine`; its commit-time count adds them all). Only
--- called right after such a take (the holder's row lock held). `taken`: hint rows
--- {shard, issued, mine, deck}; returned with issued after the fold.
+-- called right after such a take (the holder's row lock held), and only when the take
+-- saw steal rows of a shard it took: this transaction's own ones always show, and others'
+-- rows committed since may stay for the next taker (a shard's committed count is
+-- `issued` plus its steal rows wherever it is read), so a take pays no fold statement
+-- while nobody shares cards. `taken`: hint rows {shard, issued, mine, deck}; returned
+-- with issued after the fold.
 CREATE FUNCTION idmint._entity_fold(p integer, taken integer[]) RETURNS integer[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1580,6 +1584,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     taken integer[];
+    stolen boolean;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RETURN idmint._entity_take_weighted(prefix, held, 0, 1, maybe_mine);
@@ -1594,7 +1599,7 @@ BEGIN
         WHERE v < 65400
     ), z AS (
         -- (= ANY: one index scan for the 24 shards; a join read all 200 rows.)
-        SELECT x.prefix, x.shard, x.issued FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
+        SELECT x.prefix, x.shard, x.issued, k.c FROM idmint.entity_shards x JOIN c ON c.shard = x.shard
         -- (The committed count: issued plus the shard's committed steal rows, see
         -- entity_steals; only a shard with a deck can have any.)
         CROSS JOIN LATERAL (SELECT x.issued + CASE WHEN x.deck THEN (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t
@@ -1613,10 +1618,11 @@ BEGIN
                                      THEN idmint._entity_mine(x.prefix, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck
+        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck, z.c > z.issued AS stolen
     )
-    SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer]) INTO taken FROM a;
-    IF taken[1][4] = 1 THEN
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer]), bool_or(a.stolen)
+    INTO taken, stolen FROM a;
+    IF stolen THEN
         RETURN idmint._entity_fold(prefix, taken);
     END IF;
     RETURN taken;
@@ -1645,6 +1651,7 @@ DECLARE
     me constant xid8 := pg_current_xact_id();
     taken integer[];
     one integer[];
+    stolen boolean;
     c record;
 BEGIN
     IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
@@ -1674,7 +1681,7 @@ BEGIN
         RETURN taken;
     END IF;
     WITH z AS (
-        SELECT x.prefix, x.shard, x.issued, ln((d.v + 0.5) / 1048576.0) / (5000 - k.c) AS w
+        SELECT x.prefix, x.shard, x.issued, k.c, ln((d.v + 0.5) / 1048576.0) / (5000 - k.c) AS w
         FROM idmint.entity_shards x
         -- (The committed count: issued plus the shard's committed steal rows, see
         -- entity_steals; only a shard with a deck can have any.)
@@ -1683,7 +1690,7 @@ BEGIN
                                               ELSE 0 END AS c) k
         JOIN idmint._random_draws(200) WITH ORDINALITY AS d(v, i) ON d.i = x.shard + 1
         WHERE x.prefix = p AND k.c < 5000 - lim AND x.shard <> ALL (held)
-        ORDER BY 4 DESC
+        ORDER BY 5 DESC
         LIMIT kk
         FOR NO KEY UPDATE OF x SKIP LOCKED
     ), a AS (
@@ -1693,11 +1700,11 @@ BEGIN
                                      THEN idmint._entity_mine(p, x.shard) ELSE 0 END
         FROM z
         WHERE x.prefix = z.prefix AND x.shard = z.shard
-        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck, z.w
+        RETURNING x.shard, x.issued, z.issued - x.issued AS mine, x.deck, z.w, z.c > z.issued AS stolen
     )
-    SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.w DESC)
-    INTO taken FROM a;
-    IF 1 = ANY (ARRAY(SELECT taken[g][4] FROM generate_subscripts(taken, 1) AS g)) THEN
+    SELECT array_agg(ARRAY[a.shard::integer, a.issued, a.mine, a.deck::integer] ORDER BY a.w DESC), bool_or(a.stolen)
+    INTO taken, stolen FROM a;
+    IF stolen THEN
         RETURN idmint._entity_fold(p, taken);
     END IF;
     RETURN taken;
@@ -2024,6 +2031,7 @@ BEGIN
             )
             SELECT array_agg(d.number) INTO got_nums FROM d;
             IF got_nums IS NOT NULL THEN
+                setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
                 -- Inserted now: a shard taken in phase 6 counts them among this
                 -- transaction's rows (see _entity_mine and the fold).
                 INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
@@ -2322,20 +2330,22 @@ FOR EACH ROW WHEN (NEW.holder IS NOT NULL)
 EXECUTE FUNCTION idmint._entity_flush();
 
 -- A transaction that took cards of shards others held (entity_steals) may hold no shard,
--- so no count runs at its commit: this trigger checks the thresholds then instead.
+-- so no count runs at its commit: this trigger checks the thresholds then instead. On
+-- UPDATE too: a later steal from the same shard only raises the row, and must be checked
+-- again if an early check (SET CONSTRAINTS ALL IMMEDIATE) ran before it.
 CREATE FUNCTION idmint._entity_steals_alert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM idmint._entity_commit_alert(NEW.prefix);
+    PERFORM idmint._entity_commit_alert(NEW.prefix, true);
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION idmint._entity_steals_alert() IS
     'Deferred trigger: check the capacity thresholds at the commit of a transaction that took cards of shards others held';
 
-CREATE CONSTRAINT TRIGGER entity_steals_alert AFTER INSERT ON idmint.entity_steals
+CREATE CONSTRAINT TRIGGER entity_steals_alert AFTER INSERT OR UPDATE ON idmint.entity_steals
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW
 EXECUTE FUNCTION idmint._entity_steals_alert();
@@ -2424,22 +2434,33 @@ COMMENT ON FUNCTION idmint._entity_alert(integer, boolean) IS
 
 -- At commit: check a type's thresholds, unless trigger bindings of this transaction wait
 -- to be settled (some of its numbers may still be un-issued: an upsert that stored no
--- row); settle_bindings checks the type then, so that nothing is sent early.
-CREATE FUNCTION idmint._entity_commit_alert(prefix integer) RETURNS void
+-- row); settle_bindings checks the type then, so that nothing is sent early. `once` (the
+-- steal rows' trigger, fired per steal row): skip when this transaction checked the type
+-- already and took no card since (the setting idmint.entity_alerted_<prefix>, which the
+-- steals clear), so that a commit tries for the type row once, not once per shard it
+-- stole from (each try may take 500 ms, see _entity_alert). An app that sets it itself
+-- only defers its own crossing to the next check.
+CREATE FUNCTION idmint._entity_commit_alert(prefix integer, once boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    mark constant text := 'idmint.entity_alerted_' || _entity_commit_alert.prefix;
 BEGIN
+    IF once AND current_setting(mark, true) = 'done' THEN
+        RETURN;
+    END IF;
     IF NOT EXISTS (SELECT FROM idmint.pending_bindings b
                    WHERE b.xid = pg_current_xact_id() AND b.kind = 'entity'
                      AND b.number BETWEEN _entity_commit_alert.prefix * 1000000
                                       AND _entity_commit_alert.prefix * 1000000 + 999999) THEN
         PERFORM idmint._entity_alert(_entity_commit_alert.prefix);
+        PERFORM set_config(mark, 'done', true);
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_commit_alert(integer) IS
-    'At commit: check a type''s capacity thresholds unless trigger bindings of this transaction are still to be settled';
+COMMENT ON FUNCTION idmint._entity_commit_alert(integer, boolean) IS
+    'At commit: check a type''s capacity thresholds unless trigger bindings of this transaction are still to be settled (once: not again until it takes another card)';
 
 -- The public generators are one-line wrappers of the allocator. Measured: calling it in
 -- FROM costs about a third of calling it in the select list (ProjectSet), per call.
@@ -2543,12 +2564,13 @@ BEGIN
         s := (get_byte(key, v % 200) + get_byte(key, 400 + (v % 1000000 / 200) % 100)
               + get_byte(key, 500 + v % 1000000 / 20000)) % 200;
         SET CONSTRAINTS idmint.entity_shards_flush, idmint.entity_steals_alert DEFERRED;
-        -- A shard with a deck that another open transaction holds: take the number's card
-        -- instead of the shard (the holder deals only cards, so it never meets the number).
+        -- A shard with a deck that this transaction does not hold: take the number's card
+        -- instead of the shard (a holder deals only cards, so it never meets the number).
+        -- Also when nobody holds it: another open transaction may have taken the card (a
+        -- steal), and only the card's lock tells (taking the shard, the claim would insert
+        -- next to that transaction's uncommitted number: 23505, or a deadlock with it).
         IF EXISTS (SELECT FROM idmint.entity_shards x
-                   WHERE x.prefix = p AND x.shard = s AND x.deck AND x.holder IS DISTINCT FROM me)
-           AND NOT EXISTS (SELECT FROM idmint.entity_shards x
-                           WHERE x.prefix = p AND x.shard = s FOR NO KEY UPDATE SKIP LOCKED) THEN
+                   WHERE x.prefix = p AND x.shard = s AND x.deck AND x.holder IS DISTINCT FROM me) THEN
             FOR card_try IN 1 .. 3 LOOP
                 BEGIN
                     -- Waits only while another open transaction is taking this very number.
@@ -2570,6 +2592,7 @@ BEGIN
             DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;
             INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n) VALUES (p, s, me, 1)
             ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + 1;
+            setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
             INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
             VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
             PERFORM idmint._durable();
@@ -2594,8 +2617,15 @@ BEGIN
         FROM z, f WHERE x.prefix = z.prefix AND x.shard = z.shard
         RETURNING x.issued, z.issued + f.others + f.own - x.issued, x.deck INTO now_issued, now_mine, now_deck;
     END LOOP;
+    -- (ON CONFLICT: in a deck shard this transaction holds, another open transaction may
+    -- have taken the number's card; the insert waits for it and, if it commits, ID004.)
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
+    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
+                              'generate a new one with idmint.gen_entity_number');
+    END IF;
     IF now_deck THEN
         DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;  -- its card leaves
     END IF;
@@ -3204,8 +3234,7 @@ AS $$
 DECLARE
     p idmint.pending_bindings;
     settled integer := 0;
-    types integer[] := '{}';     -- entity types whose bindings were settled
-    unissued integer[] := '{}';  -- ... and those of them with a number un-issued
+    types integer[] := '{}';  -- entity types whose bindings were settled
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -3237,7 +3266,6 @@ BEGIN
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
-            unissued := unissued || p.number / 1000000;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -3261,11 +3289,11 @@ BEGIN
         END IF;
     END LOOP;
     -- The capacity thresholds the commit-time count left to the settling (_entity_flush),
-    -- per type: an un-issue takes its shard again, whose new count checks that type (no
-    -- binding of it is pending any more); the others are checked now.
+    -- per type, now that no binding of it is pending. Also for a type with a number
+    -- un-issued: a count it triggers checks again, but the un-issue of a number taken
+    -- from another transaction's deck takes no shard, so no count follows it.
     PERFORM idmint._entity_alert(t) FROM unnest(types) AS t
-    WHERE t <> ALL (unissued)
-      AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
+    WHERE NOT EXISTS (SELECT FROM idmint.pending_bindings b
                       WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity'
                         AND b.number BETWEEN t * 1000000 AND t * 1000000 + 999999)
     ORDER BY t;

@@ -77,8 +77,7 @@ AS $$
 DECLARE
     p idmint.pending_bindings;
     settled integer := 0;
-    types integer[] := '{}';     -- entity types whose bindings were settled
-    unissued integer[] := '{}';  -- ... and those of them with a number un-issued
+    types integer[] := '{}';  -- entity types whose bindings were settled
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -110,7 +109,6 @@ BEGIN
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
-            unissued := unissued || p.number / 1000000;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -134,11 +132,11 @@ BEGIN
         END IF;
     END LOOP;
     -- The capacity thresholds the commit-time count left to the settling (_entity_flush),
-    -- per type: an un-issue takes its shard again, whose new count checks that type (no
-    -- binding of it is pending any more); the others are checked now.
+    -- per type, now that no binding of it is pending. Also for a type with a number
+    -- un-issued: a count it triggers checks again, but the un-issue of a number taken
+    -- from another transaction's deck takes no shard, so no count follows it.
     PERFORM idmint._entity_alert(t) FROM unnest(types) AS t
-    WHERE t <> ALL (unissued)
-      AND NOT EXISTS (SELECT FROM idmint.pending_bindings b
+    WHERE NOT EXISTS (SELECT FROM idmint.pending_bindings b
                       WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity'
                         AND b.number BETWEEN t * 1000000 AND t * 1000000 + 999999)
     ORDER BY t;

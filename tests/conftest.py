@@ -106,6 +106,8 @@ def app_role(db: psycopg.Connection) -> Iterator[str]:
     db.execute(sql.SQL("GRANT idmint_user TO {}").format(sql.Identifier(role)))
     db.execute(sql.SQL("CREATE SCHEMA own AUTHORIZATION {}").format(sql.Identifier(role)))
     yield role
+    # A failed test may leave the role's sessions in a transaction: end them first.
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
     db.execute("DROP SCHEMA own CASCADE")
     db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.util import Connect, gen, issued, only_free, scalar
+from tests.util import Connect, check_exact, gen, issued, only_free, scalar
 
 PREFIX = 9
 
@@ -73,32 +73,6 @@ def test_a_commit_that_only_stole_sends_its_crossing(
     at_h_commit = [json.loads(n.payload)["threshold"] for n in listener.notifies(timeout=1.0)]
     assert issued(db, PREFIX) == 950_012 == rows(db)
     assert (at_s_commit, at_h_commit) == ([0.95], [])
-
-
-def check_exact(db: psycopg.Connection) -> list[tuple[object, ...]]:
-    return db.execute(
-        """
-        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
-        rows AS (
-            SELECT (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
-                    + get_byte(k, 500 + v / 20000)) %% 200 AS shard, count(*) AS n
-            FROM (SELECT e.number %% 1000000 AS v FROM idmint.entity_numbers e
-                  WHERE e.number / 1000000 = %(p)s) e, k
-            GROUP BY 1)
-        SELECT x.shard, x.issued, coalesce(t.n, 0) AS stolen, coalesce(rows.n, 0) AS rows,
-               (SELECT count(*) FROM idmint.entity_free f WHERE f.prefix = x.prefix AND f.shard = x.shard)
-                   AS cards, x.deck, x.holder
-        FROM idmint.entity_shards x
-        LEFT JOIN (SELECT t.shard, sum(t.n) AS n FROM idmint.entity_steals t
-                   WHERE t.prefix = %(p)s GROUP BY 1) t ON t.shard = x.shard
-        LEFT JOIN rows ON rows.shard = x.shard
-        WHERE x.prefix = %(p)s
-          AND (x.issued + coalesce(t.n, 0) <> coalesce(rows.n, 0) OR x.holder IS NOT NULL
-               OR x.deck AND (SELECT count(*) FROM idmint.entity_free f
-                              WHERE f.prefix = x.prefix AND f.shard = x.shard) <> 5000 - coalesce(rows.n, 0))
-        """,
-        {"p": PREFIX},
-    ).fetchall()
 
 
 OPS = ["gen1", "gen1", "genk", "claim", "sp_rollback", "immediate", "rollback", "timeout"]
@@ -206,10 +180,10 @@ def test_stress_counts_stay_exact_near_exhaustion(
     print("ERRORS", sorted({e.split(":")[0] for e in errors}), len(errors))
     for e in errors:
         print(e, "\n=====")
-    print("EXACT", check_exact(db), issued(db, PREFIX), rows(db))
+    print("EXACT", check_exact(db, PREFIX), issued(db, PREFIX), rows(db))
     assert [e for e in errors if not e.startswith("55P03")] == []
     assert len(committed) == len(set(committed))
-    assert check_exact(db) == []
+    assert check_exact(db, PREFIX) == []
     assert (
         scalar(
             db, "SELECT count(*) FROM idmint.entity_steals WHERE prefix = %s AND n <= 0", [PREFIX]
@@ -250,7 +224,7 @@ def test_a_repeatable_read_call_does_not_wait_for_numbers_nobody_took(
     x.rollback()
     h.commit()
     k.commit()
-    assert check_exact(db) == []
+    assert check_exact(db, PREFIX) == []
 
 
 SCRIPTS = {
@@ -357,7 +331,7 @@ def test_scripted_counts_exact(db: psycopg.Connection, app_connect: Connect, scr
                 c.execute(step)
         except psycopg.Error as e:
             pytest.fail(f"{log} then {who} {step}: {e.sqlstate}: {e}")
-    assert check_exact(db) == [], log
+    assert check_exact(db, PREFIX) == [], log
     assert issued(db, PREFIX) == rows(db)
 
 
@@ -400,5 +374,5 @@ def test_repeatable_read_holder_after_committed_steals(
     else:
         x.rollback()
     assert outcome in (("ok", "40001") if ask == 5 else ("ID005", "40001"))
-    assert check_exact(db) == []
+    assert check_exact(db, PREFIX) == []
     assert issued(db, PREFIX) == rows(db)

@@ -203,3 +203,32 @@ def only_free(
     db.execute("DROP TABLE free, want")
     assert issued(db, prefix) == 1_000_000 - sum(per for per, _ in free.values())
     return out
+
+
+def check_exact(db: psycopg.Connection, prefix: int) -> list[tuple[object, ...]]:
+    """White-box (superuser), with no transaction of the type open: the shards of a type
+    whose committed count (issued plus its steal rows) differs from their rows, that are
+    still held, or whose deck differs from their free numbers. Empty when all is exact."""
+    return db.execute(
+        """
+        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
+        rows AS (
+            SELECT (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
+                    + get_byte(k, 500 + v / 20000)) %% 200 AS shard, count(*) AS n
+            FROM (SELECT e.number %% 1000000 AS v FROM idmint.entity_numbers e
+                  WHERE e.number / 1000000 = %(p)s) e, k
+            GROUP BY 1)
+        SELECT x.shard, x.issued, coalesce(t.n, 0) AS stolen, coalesce(rows.n, 0) AS rows,
+               (SELECT count(*) FROM idmint.entity_free f WHERE f.prefix = x.prefix AND f.shard = x.shard)
+                   AS cards, x.deck, x.holder
+        FROM idmint.entity_shards x
+        LEFT JOIN (SELECT t.shard, sum(t.n) AS n FROM idmint.entity_steals t
+                   WHERE t.prefix = %(p)s GROUP BY 1) t ON t.shard = x.shard
+        LEFT JOIN rows ON rows.shard = x.shard
+        WHERE x.prefix = %(p)s
+          AND (x.issued + coalesce(t.n, 0) <> coalesce(rows.n, 0) OR x.holder IS NOT NULL
+               OR x.deck AND (SELECT count(*) FROM idmint.entity_free f
+                              WHERE f.prefix = x.prefix AND f.shard = x.shard) <> 5000 - coalesce(rows.n, 0))
+        """,
+        {"p": prefix},
+    ).fetchall()
