@@ -318,6 +318,6 @@ def test_local_cluster_interrupted_leaves_nothing(tmp_path: Path, stage: str) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "KeyboardInterrupt" in err
-    assert list(private.iterdir()) == []
-    assert processes_using(str(made)) == []
+    assert "KeyboardInterrupt" in err, err
+    assert list(private.iterdir()) == [], err
+    assert processes_using(str(made)) == [], err

@@ -28,10 +28,12 @@ def shard_of(db: psycopg.Connection, number: int | str) -> int:
 
 
 def committed(db: psycopg.Connection, prefix: int) -> tuple[int, int, int]:
-    """(entity_capacity.issued, sum of the shard counts, rows) as another session sees them."""
+    """(entity_capacity.issued, the shard counts plus their steal rows, rows) as another
+    session sees them."""
     row = db.execute(
         "SELECT (SELECT issued FROM idmint.entity_capacity WHERE prefix = %(p)s),"
-        " (SELECT sum(issued) FROM idmint.entity_shards WHERE prefix = %(p)s),"
+        " (SELECT sum(issued) FROM idmint.entity_shards WHERE prefix = %(p)s)"
+        " + (SELECT coalesce(sum(n), 0) FROM idmint.entity_steals WHERE prefix = %(p)s),"
         " (SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %(p)s)",
         {"p": prefix},
     ).fetchone()
@@ -115,7 +117,7 @@ def test_a_forged_hint_cannot_issue_a_card_of_a_deck(
         "SELECT f.shard, f.number FROM idmint.entity_free f WHERE f.prefix = 9 LIMIT 1"
     ).fetchone()  # type: ignore[misc]
     app = connect(user=app_role, autocommit=False)
-    app.execute("SELECT idmint.claim_entity_number(%s)", [str(card)])  # holds the shard now
+    app.execute("SELECT idmint.claim_entity_number(%s)", [str(card)])  # takes the card
     app.execute("SELECT set_config('idmint.entity_9', %s, true)", [f"{{{{{s},0,0,0}}}}"])
     got = [str(scalar(app, "SELECT idmint.gen_entity_number(9)")) for _ in range(50)]
     app.commit()
