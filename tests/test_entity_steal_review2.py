@@ -622,3 +622,67 @@ def test_fuzz_interleavings_counts_and_notifications(
     assert bad == []
     assert check_exact(db, PREFIX) == []
     assert issued(db, PREFIX) == rows(db)
+
+
+# --- Side note 1: a claim in its own deck shard left the number's card takeable ----------------
+
+
+def test_a_steal_cannot_take_the_card_of_a_number_its_holder_is_claiming(
+    db: psycopg.Connection, app_connect: Connect
+) -> None:
+    """FAILS on e3fc204 (40P01). §4: "two issuers never deadlock". One deck shard of 3 free
+    numbers; c takes one (holds the shard) and then claims another, b. The claim inserted b
+    and only then deleted b's card, so a steal in between could take that card: t asks for
+    2, takes b's and the last card, and waits on the unique index for c's uncommitted b
+    while c's card delete waits for t. White-box: a trigger (superuser's, test only) pauses
+    c right after its insert of b. Now the claim takes the card first: t sees one untaken
+    card, waits for c's end (it asks for more than is untaken) and gets ID005."""
+    free = only_free(db, PREFIX, {17: (3, True)})
+    db.execute(
+        "CREATE FUNCTION public.pause() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+        " SET search_path = pg_catalog AS"
+        " $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242);"
+        " RETURN NULL; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER pause AFTER INSERT ON idmint.entity_numbers FOR EACH ROW"
+        " WHEN (NEW.number::text = current_setting('test.pause_at', true))"
+        " EXECUTE FUNCTION public.pause()"
+    )
+    c = app_connect(autocommit=False)
+    t = app_connect(autocommit=False)
+    mine = gen(c, PREFIX, 1)
+    b = min(free[17] - {int(mine[0])})
+    c.execute("SELECT set_config('test.pause_at', %s, true)", [str(b)])
+    db.execute("SELECT pg_advisory_lock(4242)")
+    outcome: dict[str, str] = {}
+
+    def run(who: str, conn: psycopg.Connection, query: str, args: list[object]) -> None:
+        try:
+            conn.execute(query, args).fetchall()
+            outcome[who] = "ok"
+        except psycopg.Error as e:
+            outcome[who] = f"{e.sqlstate}: {str(e).splitlines()[0]}"
+
+    tc = threading.Thread(
+        target=run, args=("c", c, "SELECT idmint.claim_entity_number(%s)", [str(b)])
+    )
+    tc.start()
+    lock_waits(db, waiter=c.info.backend_pid, timeout=10)  # paused after its insert of b
+    tt = threading.Thread(
+        target=run, args=("t", t, "SELECT idmint.gen_entity_numbers(%s, %s)", [PREFIX, 2])
+    )
+    tt.start()
+    lock_waits(db, waiter=t.info.backend_pid, timeout=10)
+    db.execute("SELECT pg_advisory_unlock(4242)")
+    tc.join(timeout=30)
+    if outcome.get("c") == "ok":
+        c.commit()
+    else:
+        c.rollback()
+    tt.join(timeout=30)
+    t.rollback()
+    assert outcome == {"c": "ok", "t": outcome["t"]}, outcome
+    assert outcome["t"].startswith("ID005"), outcome
+    assert issued(db, PREFIX) == rows(db)
+    assert check_exact(db, PREFIX) == []
