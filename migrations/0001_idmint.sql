@@ -2508,6 +2508,39 @@ COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
     'One new random number of a type given by name or one-digit text, e.g. DEFAULT idmint.gen_entity_number(''part'')';
 
 
+-- A claim takes its number's card (a shard with a deck): true if it did, false if the
+-- number has no card (issued, or never dealt). Waits only while another open transaction
+-- is taking this very number; a wait that would deadlock is ID004 (two issuers never
+-- deadlock). A DELETE that waited may have missed the card that transaction gave back
+-- at its end (a new row, after the statement's snapshot): a new statement looks again.
+CREATE FUNCTION idmint._entity_take_card(p integer, s integer, v integer) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    took boolean;
+BEGIN
+    LOOP
+        BEGIN
+            DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;
+            took := FOUND;
+        EXCEPTION WHEN deadlock_detected THEN
+            PERFORM idmint._error('already_taken',
+                format('entity number %s is being issued by another open transaction, which waits for this one', v),
+                'generate a new one with idmint.gen_entity_number, or retry once the other transaction has ended');
+        END;
+        IF took THEN
+            RETURN true;
+        ELSIF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v)
+              OR NOT EXISTS (SELECT FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v) THEN
+            RETURN false;
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_take_card(integer, integer, integer) IS
+    'Delete a number''s card for its claim (false: it has none); a deadlocking wait is ID004';
+
 -- Register one given number (claim_entity_number, and the trigger for a value idmint
 -- never issued). `wanted` NULL: any registered type. The claim takes the number's shard
 -- like a generator does (holder, row lock), so it waits while another open transaction
@@ -2537,7 +2570,6 @@ DECLARE
     setting text;
     st integer[];
     j integer;
-    card boolean := false;
 BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         PERFORM idmint._error('invalid_argument',
@@ -2573,25 +2605,10 @@ BEGIN
         -- next to that transaction's uncommitted number: 23505, or a deadlock with it).
         IF EXISTS (SELECT FROM idmint.entity_shards x
                    WHERE x.prefix = p AND x.shard = s AND x.deck AND x.holder IS DISTINCT FROM me) THEN
-            FOR card_try IN 1 .. 3 LOOP
-                BEGIN
-                    -- Waits only while another open transaction is taking this very number.
-                    PERFORM FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v FOR UPDATE;
-                    card := FOUND;
-                EXCEPTION WHEN deadlock_detected THEN
-                    PERFORM idmint._error('already_taken',
-                        format('entity number %s is being issued by another open transaction, which waits for this one', number),
-                        'generate a new one with idmint.gen_entity_number, or retry once the other transaction has ended');
-                END;
-                EXIT WHEN card;
-                -- Gone: issued meanwhile (ID004 below), or put back as a new card (again).
-                EXIT WHEN EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v);
-            END LOOP;
-            IF NOT card THEN
+            IF NOT idmint._entity_take_card(p, s, v) THEN
                 PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
                                       'generate a new one with idmint.gen_entity_number');
             END IF;
-            DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;
             INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n) VALUES (p, s, me, 1)
             ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + 1;
             setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
@@ -2621,9 +2638,9 @@ BEGIN
     END LOOP;
     IF now_deck THEN
         -- Its card leaves first: a steal (SKIP LOCKED) can no longer take it and then wait
-        -- on the unique index for this insert. If another open transaction took it already,
-        -- this waits for it, and the insert below meets its number if it commits.
-        DELETE FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s AND f.number = v;
+        -- on the unique index for this insert. If another transaction took it and
+        -- committed, the insert below meets its number.
+        PERFORM idmint._entity_take_card(p, s, v);
     END IF;
     INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
     VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me)
