@@ -13,27 +13,19 @@ import psycopg
 import psycopg.sql
 import pytest
 
-from tests.util import Connect, check_exact, gen, issued, lock_waits, only_free, scalar
+from tests.util import (
+    Connect,
+    check_exact,
+    entity_rows,
+    gen,
+    issued,
+    lock_waits,
+    only_free,
+    record_call,
+    scalar,
+)
 
 PREFIX = 9
-
-
-def rows(db: psycopg.Connection) -> int:
-    return int(
-        scalar(
-            db, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %s", [PREFIX]
-        )
-    )  # type: ignore[arg-type]
-
-
-def run(
-    outcome: dict[str, str], who: str, conn: psycopg.Connection, query: str, args: list[object]
-) -> None:
-    try:
-        conn.execute(query, args).fetchall()
-        outcome[who] = "ok"
-    except psycopg.Error as e:
-        outcome[who] = f"{e.sqlstate}: {str(e).splitlines()[0]}"
 
 
 @pytest.mark.parametrize(
@@ -91,7 +83,7 @@ def test_a_holders_claim_waiting_on_a_card_given_back_at_commit_leaves_no_card(
         "claim": "SELECT idmint.claim_entity_number(%s)",
         "row": "INSERT INTO own.a (k, pn) VALUES ('c', %s) RETURNING pn",
     }[c_how]
-    th = threading.Thread(target=run, args=(outcome, "c", c, q, [str(b)]))
+    th = threading.Thread(target=record_call, args=(outcome, "c", c, q, [str(b)]))
     th.start()
     lock_waits(db, waiter=c.info.backend_pid, timeout=10)
     t.commit()
@@ -112,7 +104,7 @@ def test_a_holders_claim_waiting_on_a_card_given_back_at_commit_leaves_no_card(
         later = f"ok {gen(g, PREFIX, 1)}"
     except psycopg.Error as e:
         later = f"{e.sqlstate}: {str(e).splitlines()[0]}"
-    assert issued(db, PREFIX) == rows(db) == 1_000_000
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX) == 1_000_000
     assert (exact, left, later[:5]) == ([], [], "ID005"), later
 
 
@@ -148,7 +140,7 @@ def test_a_holders_claim_of_a_card_a_stealer_took_and_the_stealers_wait_never_de
     t.execute("SET lock_timeout = '30s'")
     outcome: dict[str, str] = {}
     tc = threading.Thread(
-        target=run, args=(outcome, "c", c, "SELECT idmint.claim_entity_number(%s)", [v])
+        target=record_call, args=(outcome, "c", c, "SELECT idmint.claim_entity_number(%s)", [v])
     )
     tc.start()
     lock_waits(db, waiter=c.info.backend_pid, timeout=10)
@@ -156,7 +148,7 @@ def test_a_holders_claim_of_a_card_a_stealer_took_and_the_stealers_wait_never_de
         tq, targs = "SELECT idmint.gen_entity_numbers(%s, %s)", [PREFIX, 3]
     else:
         tq, targs = "SELECT idmint.claim_entity_number(%s)", [a]
-    tt = threading.Thread(target=run, args=(outcome, "t", t, tq, targs))
+    tt = threading.Thread(target=record_call, args=(outcome, "t", t, tq, targs))
     tt.start()
     tc.join(timeout=40)
     if outcome.get("c") == "ok":
@@ -171,7 +163,7 @@ def test_a_holders_claim_of_a_card_a_stealer_took_and_the_stealers_wait_never_de
     assert not outcome.get("c", "").startswith("40P01"), outcome
     assert not outcome.get("t", "").startswith("40P01"), outcome
     assert outcome["c"] == "ok" or outcome["c"].startswith("ID004"), outcome
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
 
 
@@ -239,7 +231,7 @@ def test_a_holders_claim_timing_out_on_a_stolen_card_leaves_nothing(
     else:
         c.commit()
     assert second == ("ID004" if end == "commit" else "ok"), second
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
     assert (
         db.execute(
@@ -303,5 +295,5 @@ def test_capacity_counts_a_holders_claims_exactly_through_savepoints_and_immedia
         claim(deck[2])
     check(base + (1 if isolation == "READ COMMITTED" else 0))
     c.commit()
-    assert issued(db, PREFIX) == base + 1 + len(mine) == rows(db)
+    assert issued(db, PREFIX) == base + 1 + len(mine) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []

@@ -12,17 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.util import Connect, check_exact, gen, issued, only_free, scalar
+from tests.util import Connect, check_exact, entity_rows, gen, issued, only_free, scalar
 
 PREFIX = 9
-
-
-def rows(db: psycopg.Connection) -> int:
-    return int(
-        scalar(
-            db, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %s", [PREFIX]
-        )
-    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("how", ["steal", "claim"])
@@ -67,11 +59,11 @@ def test_a_commit_that_only_stole_sends_its_crossing(
         == 0
     )
     s_conn.commit()
-    assert issued(db, PREFIX) == 950_000 == rows(db)
+    assert issued(db, PREFIX) == 950_000 == entity_rows(db, PREFIX)
     at_s_commit = [json.loads(n.payload)["threshold"] for n in listener.notifies(timeout=1.0)]
     h.commit()
     at_h_commit = [json.loads(n.payload)["threshold"] for n in listener.notifies(timeout=1.0)]
-    assert issued(db, PREFIX) == 950_012 == rows(db)
+    assert issued(db, PREFIX) == 950_012 == entity_rows(db, PREFIX)
     assert (at_s_commit, at_h_commit) == ([0.95], [])
 
 
@@ -180,7 +172,7 @@ def test_stress_counts_stay_exact_near_exhaustion(
     print("ERRORS", sorted({e.split(":")[0] for e in errors}), len(errors))
     for e in errors:
         print(e, "\n=====")
-    print("EXACT", check_exact(db, PREFIX), issued(db, PREFIX), rows(db))
+    print("EXACT", check_exact(db, PREFIX), issued(db, PREFIX), entity_rows(db, PREFIX))
     assert [e for e in errors if not e.startswith("55P03")] == []
     assert len(committed) == len(set(committed))
     assert check_exact(db, PREFIX) == []
@@ -190,7 +182,7 @@ def test_stress_counts_stay_exact_near_exhaustion(
         )
         == 0
     )
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
 
 
 @pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
@@ -332,7 +324,7 @@ def test_scripted_counts_exact(db: psycopg.Connection, app_connect: Connect, scr
         except psycopg.Error as e:
             pytest.fail(f"{log} then {who} {step}: {e.sqlstate}: {e}")
     assert check_exact(db, PREFIX) == [], log
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
 
 
 @pytest.mark.parametrize("ask", [5, 20])
@@ -375,4 +367,4 @@ def test_repeatable_read_holder_after_committed_steals(
         x.rollback()
     assert outcome in (("ok", "40001") if ask == 5 else ("ID005", "40001"))
     assert check_exact(db, PREFIX) == []
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)

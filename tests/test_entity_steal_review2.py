@@ -15,7 +15,17 @@ import psycopg
 import psycopg.sql
 import pytest
 
-from tests.util import Connect, check_exact, gen, issued, lock_waits, only_free, scalar
+from tests.util import (
+    Connect,
+    check_exact,
+    entity_rows,
+    gen,
+    issued,
+    lock_waits,
+    only_free,
+    record_call,
+    scalar,
+)
 
 PREFIX = 9
 
@@ -24,14 +34,6 @@ CREATE TABLE own.a (k text PRIMARY KEY, pn text UNIQUE);
 CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON own.a FOR EACH ROW
     EXECUTE FUNCTION idmint.assign_entity_number('pn', '9');
 """
-
-
-def rows(db: psycopg.Connection) -> int:
-    return int(
-        scalar(
-            db, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %s", [PREFIX]
-        )
-    )  # type: ignore[arg-type]
 
 
 def thresholds(listener: psycopg.Connection) -> list[float]:
@@ -99,12 +101,12 @@ def test_an_upsert_giving_back_a_stolen_number_does_not_swallow_the_crossing(
         == 249
     )  # t's steal rows are not committed yet
     t.commit()
-    assert issued(db, PREFIX) == 950_000 == rows(db)
+    assert issued(db, PREFIX) == 950_000 == entity_rows(db, PREFIX)
     at_t_commit = thresholds(listener)
     h.commit()
     d.commit()
     at_h_commit = thresholds(listener)
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
     assert (at_t_commit, at_h_commit) == ([0.95], [])
 
@@ -173,7 +175,7 @@ def test_a_claim_of_a_number_an_open_transaction_stole_is_id004(
     else:
         c.rollback()
     assert outcome[0].startswith("ID004" if end == "commit" else "ok"), outcome
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
 
 
@@ -207,21 +209,15 @@ def test_a_claim_of_a_stolen_number_and_a_short_generator_never_deadlock(
     t.execute("SET lock_timeout = '20s'")
     outcome: dict[str, str] = {}
 
-    def run(who: str, conn: psycopg.Connection, query: str, args: list[object]) -> None:
-        try:
-            conn.execute(query, args).fetchall()
-            outcome[who] = "ok"
-        except psycopg.Error as e:
-            outcome[who] = f"{e.sqlstate}: {str(e).splitlines()[0]}"
-            conn.rollback()
-
     tc = threading.Thread(
-        target=run, args=("c", c, "SELECT idmint.claim_entity_number(%s)", [stolen[0]])
+        target=record_call,
+        args=(outcome, "c", c, "SELECT idmint.claim_entity_number(%s)", [stolen[0]], True),
     )
     tc.start()
     lock_waits(db, waiter=c.info.backend_pid, timeout=10)
     tt = threading.Thread(
-        target=run, args=("t", t, "SELECT idmint.gen_entity_numbers(%s, %s)", [PREFIX, 60])
+        target=record_call,
+        args=(outcome, "t", t, "SELECT idmint.gen_entity_numbers(%s, %s)", [PREFIX, 60], True),
     )
     tt.start()
     tt.join(timeout=30)
@@ -235,7 +231,7 @@ def test_a_claim_of_a_stolen_number_and_a_short_generator_never_deadlock(
     t.rollback()
     assert not outcome.get("c", "").startswith("40P01"), outcome
     assert not outcome.get("t", "").startswith("40P01"), outcome
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
 
 
@@ -276,7 +272,7 @@ def test_a_snapshot_call_does_not_wait_when_its_snapshot_predates_the_deck(
         x.rollback()
     h2.commit()
     assert outcome in ("ok", "40001")
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
 
 
@@ -324,12 +320,12 @@ def test_steals_after_an_immediate_check_still_send_the_crossing(
         ]
     assert len(set(first + later)) == 250
     t.commit()
-    assert issued(db, PREFIX) == 950_000 == rows(db)
+    assert issued(db, PREFIX) == 950_000 == entity_rows(db, PREFIX)
     at_t_commit = thresholds(listener)
     h.commit()
     d.commit()
     at_h_commit = thresholds(listener)
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []
     assert (at_t_commit, at_h_commit) == ([0.95], [])
 
@@ -621,7 +617,7 @@ def test_fuzz_interleavings_counts_and_notifications(
     print("SEEN", seen, issued(db, PREFIX), bad)
     assert bad == []
     assert check_exact(db, PREFIX) == []
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
 
 
 # --- Side note 1: a claim in its own deck shard left the number's card takeable ----------------
@@ -657,20 +653,15 @@ def test_a_steal_cannot_take_the_card_of_a_number_its_holder_is_claiming(
     db.execute("SELECT pg_advisory_lock(4242)")
     outcome: dict[str, str] = {}
 
-    def run(who: str, conn: psycopg.Connection, query: str, args: list[object]) -> None:
-        try:
-            conn.execute(query, args).fetchall()
-            outcome[who] = "ok"
-        except psycopg.Error as e:
-            outcome[who] = f"{e.sqlstate}: {str(e).splitlines()[0]}"
-
     tc = threading.Thread(
-        target=run, args=("c", c, "SELECT idmint.claim_entity_number(%s)", [str(b)])
+        target=record_call,
+        args=(outcome, "c", c, "SELECT idmint.claim_entity_number(%s)", [str(b)]),
     )
     tc.start()
     lock_waits(db, waiter=c.info.backend_pid, timeout=10)  # paused after its insert of b
     tt = threading.Thread(
-        target=run, args=("t", t, "SELECT idmint.gen_entity_numbers(%s, %s)", [PREFIX, 2])
+        target=record_call,
+        args=(outcome, "t", t, "SELECT idmint.gen_entity_numbers(%s, %s)", [PREFIX, 2]),
     )
     tt.start()
     lock_waits(db, waiter=t.info.backend_pid, timeout=10)
@@ -684,5 +675,5 @@ def test_a_steal_cannot_take_the_card_of_a_number_its_holder_is_claiming(
     t.rollback()
     assert outcome == {"c": "ok", "t": outcome["t"]}, outcome
     assert outcome["t"].startswith("ID005"), outcome
-    assert issued(db, PREFIX) == rows(db)
+    assert issued(db, PREFIX) == entity_rows(db, PREFIX)
     assert check_exact(db, PREFIX) == []

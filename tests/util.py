@@ -232,3 +232,31 @@ def check_exact(db: psycopg.Connection, prefix: int) -> list[tuple[object, ...]]
         """,
         {"p": prefix},
     ).fetchall()
+
+
+def entity_rows(db: psycopg.Connection, prefix: int) -> int:
+    """The rows of entity type `prefix` in idmint.entity_numbers (white-box)."""
+    return int(
+        scalar(  # type: ignore[arg-type]
+            db, "SELECT count(*) FROM idmint.entity_numbers WHERE number / 1000000 = %s", [prefix]
+        )
+    )
+
+
+def record_call(
+    outcome: dict[str, str],
+    who: str,
+    conn: psycopg.Connection,
+    query: str,
+    args: Sequence[object],
+    rollback: bool = False,
+) -> None:
+    """Run `query` (a thread's target) and record "ok" or "SQLSTATE: message" as
+    outcome[who]; `rollback`: end the transaction at once on an error (its locks go)."""
+    try:
+        conn.execute(query, args).fetchall()
+        outcome[who] = "ok"
+    except psycopg.Error as e:
+        outcome[who] = f"{e.sqlstate}: {str(e).splitlines()[0]}"
+        if rollback:
+            conn.rollback()
