@@ -453,6 +453,8 @@ def test_stress_two_types_with_trigger_upserts_near_exhaustion(
                         committed.extend(mine)
             except psycopg.Error as e:
                 conn.rollback()
+                if e.sqlstate == "40P01" and ' in relation "t' in str(e):
+                    continue  # the app's own keys: two upserts of k in 1..30 in opposite orders
                 # (57014: the 3 ms timeout of the `timeout` step can also cancel the
                 # statement that lifts it, on a loaded machine.)
                 if e.sqlstate not in ("ID005", "40001", "57014", "23505") or (
