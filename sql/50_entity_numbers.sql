@@ -457,6 +457,115 @@ $$;
 COMMENT ON FUNCTION idmint._entity_deal(integer, integer, integer, boolean, integer) IS
     'Deal up to k uniformly random cards of a shard''s deck, locked; passing over (or, wait, waiting for) cards others are taking';
 
+-- Spares: a run of column DEFAULTs (gen_entity_number) in one transaction draws its
+-- numbers in batches from the shard it holds, one INSERT per batch, and hands them out one
+-- per call from the transaction-local setting idmint.entity_spare_<prefix> (7 digits per
+-- number, no separator). They are this transaction's rows (issued, how = 'gen', unbound)
+-- in a shard only it inserts into, so nobody else can take them; set_config(..., true) is
+-- undone with the transaction or a rolled-back savepoint, exactly like those rows. What
+-- was not handed out is un-issued before the commit-time count (_entity_flush) and before
+-- any other call of the type (_issue_entity_numbers), so counts, capacity and ID005 see
+-- only numbers handed out. A claim or a binding of a spare takes it off the list.
+-- A rolled-back savepoint restores the list, so the numbers handed out inside it would
+-- come out again: every hand-out and every change of a list also takes a value of the
+-- sequence idmint.entity_handouts (whose session-local currval no rollback undoes) and
+-- keeps it in idmint.entity_mark; a list is used only while the two agree, and otherwise
+-- every list is given back (_entity_spares_drop).
+-- An app that rewrites these settings misleads only its own calls: it could already write
+-- any value into its own rows, or un-issue its numbers by rolling back a savepoint.
+
+-- Take numbers off this transaction's spare list of a type: those in `which` (NULL: all).
+-- Returns those of them that are still its unbound generated rows.
+CREATE FUNCTION idmint._entity_spares_remove(p integer, which integer[]) RETURNS integer[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    name constant text := 'idmint.entity_spare_' || p;
+    spare constant text := current_setting(name, true);
+    listed integer[];
+    taken integer[];
+    ignored text;
+BEGIN
+    IF spare IS NULL OR spare = '' THEN
+        RETURN '{}';
+    END IF;
+    listed := CASE WHEN spare ~ '^([1-9][0-9]{6})+$'
+                   THEN ARRAY(SELECT substr(spare, 7 * i + 1, 7)::integer FROM generate_series(0, length(spare) / 7 - 1) AS i)
+                   ELSE '{}' END;
+    taken := CASE WHEN which IS NULL THEN listed ELSE ARRAY(SELECT x FROM unnest(listed) AS x WHERE x = ANY (which)) END;
+    IF taken = '{}' AND listed <> '{}' THEN
+        RETURN '{}';
+    END IF;
+    ignored := set_config(name, array_to_string(ARRAY(SELECT x FROM unnest(listed) WITH ORDINALITY AS u(x, o)
+                                                      WHERE x <> ALL (taken) ORDER BY o), ''), true);
+    ignored := set_config('idmint.entity_mark', nextval('idmint.entity_handouts')::text, true);
+    RETURN ARRAY(SELECT e.number FROM idmint.entity_numbers e
+                 WHERE e.number = ANY (taken) AND e.issued_xid = pg_current_xact_id()
+                   AND e.how = 'gen' AND e.bound_at IS NULL);
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_spares_remove(integer, integer[]) IS
+    'Take numbers (NULL: all) off this transaction''s spare list of a type; returns those still its unbound generated rows';
+
+-- Give back every spare of this transaction (all types): un-issued, lists emptied.
+CREATE FUNCTION idmint._entity_spares_drop() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ignored text;
+BEGIN
+    ignored := set_config('idmint.entity_spares', '', true);
+    FOR q IN 1 .. 9 LOOP
+        PERFORM idmint._unissue_entity_numbers(idmint._entity_spares_remove(q, NULL));
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_spares_drop() IS
+    'Un-issue every spare number of this transaction (all types) and empty the spare lists';
+
+-- A batch for the spares: up to k random free members of shard s (held by this
+-- transaction, without a deck), inserted as issued by this transaction; returned in draw
+-- order. As the fast path of _issue_entity_number (which checks the same in the table),
+-- but from 20-bit draws (values under 1 000 000 keep v % 5 000 uniform), probed first
+-- and inserted in number order like the general path: ON CONFLICT made each row a
+-- speculative insertion, half again the cost of a row. Nobody else inserts into a
+-- held shard, so the probed numbers stay free.
+CREATE FUNCTION idmint._entity_draw_spares(p integer, s integer, k integer, entity text, by_name boolean)
+RETURNS integer[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- Custom plans of these statements were planned afresh at every call: 0.5 ms a batch.
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    got integer[];
+BEGIN
+    SELECT array_agg(c.number ORDER BY c.o) INTO got
+    FROM (SELECT m.number, min(m.o) AS o
+          FROM (SELECT p * 1000000 + d.q * 200 + get_byte(r.shard_key, 200 + ((x.shard
+                           - get_byte(r.shard_key, 400 + d.q % 100) - get_byte(r.shard_key, 500 + d.q / 100)) % 200 + 400) % 200) AS number,
+                       d.o
+                FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix,
+                     (SELECT t.v % 5000 AS q, row_number() OVER () AS o
+                      FROM idmint._random_draws(k + k / 4 + 6) AS t(v) WHERE t.v < 1000000) AS d
+                WHERE x.prefix = p AND x.shard = s AND x.holder = pg_current_xact_id() AND NOT x.deck
+                  AND (r.name = entity OR NOT by_name)) AS m
+          WHERE (SELECT true FROM idmint.entity_numbers e WHERE e.number = m.number) IS NULL
+          GROUP BY m.number
+          ORDER BY 2 LIMIT k) AS c;
+    IF got IS NOT NULL THEN
+        INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
+        SELECT x, NULL, statement_timestamp(), 'gen', session_user, pg_current_xact_id()
+        FROM unnest(got) AS x ORDER BY x;
+    END IF;
+    RETURN got;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_draw_spares(integer, integer, integer, text, boolean) IS
+    'Insert up to k random members of a shard this transaction holds (no deck) as its generated numbers; NULL if none';
+
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
 -- a one-digit prefix or a type name. Fast path while the shard this transaction took last
 -- keeps sparse room (by the hint; a transaction's first number of the type takes a shard
@@ -485,7 +594,40 @@ DECLARE
     b bytea;
     v integer;
     got integer;
+    spare text;
+    mark text;
+    drawn integer;
+    batch integer := 1;
+    gots integer[];
 BEGIN
+    IF NOT bind AND p IS NOT NULL THEN
+        spare := current_setting('idmint.entity_spare_' || p, true);
+        IF spare <> '' THEN
+            -- A spare of an earlier call (see _entity_spares_remove): no statement at all,
+            -- unless a rolled-back savepoint handed out some (then all are given back).
+            mark := current_setting('idmint.entity_mark', true);
+            IF mark <> '' THEN
+                IF mark = currval('idmint.entity_handouts')::text THEN
+                    setting := set_config('idmint.entity_spare_' || p, left(spare, -7), true);
+                    setting := set_config('idmint.entity_mark', nextval('idmint.entity_handouts')::text, true);
+                    spare := right(spare, 7);
+                    IF spare ~ '^[1-9][0-9]{6}$' AND left(spare, 1)::integer = p THEN
+                        IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                            setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
+                        END IF;
+                        RETURN spare;
+                    END IF;
+                END IF;
+            END IF;
+            PERFORM idmint._entity_spares_drop();
+            setting := current_setting('idmint.entity_' || p, true);  -- (the drop changed it)
+        END IF;
+        -- A batch grows with the DEFAULT numbers this transaction drew: a quarter of them,
+        -- at most 64 (what is not handed out by its commit is un-issued, so at most a
+        -- fifth of the rows it wrote).
+        drawn := coalesce(nullif(current_setting('idmint.entity_drawn', true), ''), '0')::integer;
+        batch := least(64, drawn / 4 + 1);
+    END IF;
     IF setting IS NULL OR setting = '' THEN
         -- This transaction's first number of the type: take a shard here (weighted by its free numbers)
         -- (the general path would cost a dozen statements more).
@@ -497,7 +639,21 @@ BEGIN
     END IF;
     j := array_length(st, 1);
     IF j > 0 THEN
-        IF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 THEN  -- sizes as in _issue_entity_numbers
+        IF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 AND batch > 1 THEN  -- sizes as in _issue_entity_numbers
+            gots := idmint._entity_draw_spares(p, st[j][1], batch, entity, by_name);
+            IF gots IS NOT NULL THEN
+                st[j][3] := st[j][3] + cardinality(gots);
+                setting := set_config('idmint.entity_' || p, st::text, true);
+                setting := set_config('idmint.entity_spare_' || p, array_to_string(gots[2:], ''), true);
+                setting := set_config('idmint.entity_spares', 'y', true);  -- for _entity_flush
+                setting := set_config('idmint.entity_mark', nextval('idmint.entity_handouts')::text, true);
+                setting := set_config('idmint.entity_drawn', (drawn + cardinality(gots))::text, true);
+                IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                    setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
+                END IF;
+                RETURN gots[1]::text;
+            END IF;
+        ELSIF st[j][4] = 0 AND 5000 - st[j][2] - st[j][3] > 1250 THEN
             <<draw>>
             FOR attempt IN 1 .. 2 LOOP
                 b := uuid_send(gen_random_uuid());
@@ -518,6 +674,9 @@ BEGIN
                     IF got IS NOT NULL THEN
                         st[j][3] := st[j][3] + 1;
                         setting := set_config('idmint.entity_' || p, st::text, true);
+                        IF drawn IS NOT NULL THEN
+                            setting := set_config('idmint.entity_drawn', (drawn + 1)::text, true);
+                        END IF;
                         IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
                             setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
                         END IF;
@@ -612,6 +771,11 @@ BEGIN
         PERFORM idmint._entity_prefix(p);  -- ID008
     END IF;
     base := p * 1000000;
+    IF current_setting('idmint.entity_spare_' || p, true) <> '' THEN
+        -- This transaction's spares go back first: they count as issued, and would turn
+        -- a call for the last free numbers into ID005 (see _entity_spares_remove).
+        PERFORM idmint._unissue_entity_numbers(idmint._entity_spares_remove(p, NULL));
+    END IF;
     -- The shards taken below queue their commit-time count, and cards taken from decks of
     -- shards others hold their threshold check; these must run at commit (an app may have
     -- said SET CONSTRAINTS ALL IMMEDIATE), when this call's rows exist.
@@ -963,6 +1127,9 @@ BEGIN
                    WHERE x.prefix = NEW.prefix AND x.shard = NEW.shard AND x.holder = me) THEN
         RETURN NULL;
     END IF;
+    IF current_setting('idmint.entity_spares', true) = 'y' THEN
+        PERFORM idmint._entity_spares_drop();  -- not handed out: not issued (see _entity_spares_remove)
+    END IF;
     WITH mine AS MATERIALIZED (
         SELECT r.prefix,
                (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
@@ -1260,6 +1427,15 @@ BEGIN
     FOR attempt IN 1 .. 2 LOOP
         -- The second time: issued by a transaction that committed while we waited.
         IF EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = v) THEN
+            IF maybe_mine AND idmint._entity_spares_remove(p, ARRAY[v]) <> '{}' THEN
+                -- A spare of this transaction that no call handed out: claimed now.
+                UPDATE idmint.entity_numbers e
+                SET issued_at = statement_timestamp(), how = _claim_entity_number.how,
+                    bound_at = CASE WHEN bind THEN now() END
+                WHERE e.number = v;
+                PERFORM idmint._durable();
+                RETURN number;
+            END IF;
             PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
                                   'generate a new one with idmint.gen_entity_number');
         END IF;
@@ -1357,6 +1533,9 @@ DECLARE
     g record;
     deck boolean;
 BEGIN
+    IF numbers = '{}' THEN
+        RETURN;
+    END IF;
     WITH d AS (
         DELETE FROM idmint.entity_numbers e
         WHERE e.number = ANY (numbers) AND e.issued_xid = me
@@ -1509,7 +1688,11 @@ CROSS JOIN LATERAL (
                                + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200
                WHERE pg_current_xact_id_if_assigned() IS NOT NULL  -- (most readers: not even planned)
                  AND e.issued_xid = pg_current_xact_id_if_assigned()
-                 AND e.number / 1000000 = r.prefix))::integer AS issued  -- (see _entity_mine)
+                 AND e.number / 1000000 = r.prefix)
+            -- (the reader's spares, not handed out: see _entity_spares_remove)
+            - CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL
+                   THEN coalesce(length(current_setting('idmint.entity_spare_' || r.prefix, true)), 0) / 7 ELSE 0 END
+           )::integer AS issued  -- (see _entity_mine)
     FROM idmint.entity_shards x WHERE x.prefix = r.prefix
 ) c;
 COMMENT ON VIEW idmint.entity_capacity IS

@@ -91,6 +91,9 @@ BEGIN
             SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;
+        IF bound IS NOT NULL THEN
+            PERFORM idmint._entity_spares_remove(p, bound);  -- bound now, so no spare any more
+        END IF;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e
         WHERE e.number = ANY (wanted) AND e.number <> ALL (coalesce(bound, '{}')) LIMIT 1;
         IF bad IS NOT NULL THEN
