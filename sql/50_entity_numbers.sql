@@ -27,6 +27,8 @@
 --    most 4 probes per number); then a deck of its free numbers, built once (bounded by
 --    the shard: 5 000 probes); a call deals a uniformly random subset of the cards, drawn
 --    afresh each time, so there is no cursor or stored order a rollback could reveal.
+--  * Spares: a run of gen_entity_number calls (a column DEFAULT) draws batches from the
+--    shard it holds and hands them out one per call; see _entity_spares_remove.
 --  * Numbers come out in draw order (random). Claims take the number's own shard (and
 --    wait if another open transaction holds it), or, in a deck shard another open
 --    transaction holds, only the number's card (waiting only while another transaction is
