@@ -1828,6 +1828,8 @@ DECLARE
 BEGIN
     IF spare IS NULL OR spare = '' THEN
         RETURN '{}';
+    ELSIF cardinality(which) = 1 AND strpos(spare, which[1]::text) = 0 THEN
+        RETURN '{}';  -- (the trigger binding a DEFAULT's number: no parse per row)
     END IF;
     listed := CASE WHEN spare ~ '^([1-9][0-9]{6})+$'
                    THEN ARRAY(SELECT substr(spare, 7 * i + 1, 7)::integer FROM generate_series(0, length(spare) / 7 - 1) AS i)
