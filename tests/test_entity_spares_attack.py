@@ -587,3 +587,66 @@ def test_gen_entity_numbers_of_another_type_between_defaults(
     conn.commit()
     assert_exactly_issued(db, got)
     assert_exactly_issued(db, quotes, QUOTE)
+
+
+def test_prepare_transaction_with_spares() -> None:
+    """PREPARE TRANSACTION (a scratch server with max_prepared_transactions): the count
+    runs at PREPARE and gives the spares back; COMMIT PREPARED / ROLLBACK PREPARED from
+    another session leave exact counts."""
+    from idmint.cluster import LocalCluster
+    from idmint.migrate import migrate
+
+    with LocalCluster({"max_prepared_transactions": "4", "fsync": "off"}) as pg:
+        migrate(pg.dsn)
+        with psycopg.connect(pg.dsn, autocommit=True) as db:
+            db.execute(
+                "CREATE TABLE spare_rows (num varchar(7) PRIMARY KEY"
+                " DEFAULT idmint.gen_entity_number('order'))"
+            )
+            kept: list[str] = []
+            for gid, finish in (("a", "COMMIT"), ("b", "ROLLBACK"), ("c", "COMMIT")):
+                with psycopg.connect(pg.dsn, autocommit=False) as conn:
+                    got = defaults(conn, 300)
+                    conn.execute("SAVEPOINT s")
+                    defaults(conn, 20)
+                    conn.execute("ROLLBACK TO SAVEPOINT s")
+                    got += defaults(conn, 30)
+                    assert spares(conn)
+                    conn.execute(f"PREPARE TRANSACTION '{gid}'")
+                    conn.commit()  # (psycopg: ends its idea of the transaction)
+                # Meanwhile another transaction takes numbers of the type.
+                other = [r[0] for r in db.execute("SELECT idmint.gen_entity_numbers(4, 100)")]
+                kept += other
+                db.execute(f"{finish} PREPARED '{gid}'")
+                if finish == "COMMIT":
+                    kept += got
+            assert_exactly_issued(db, kept)
+
+
+def test_defaults_alone_take_every_last_free_number_then_id005(
+    db: psycopg.Connection, connect: Connect
+) -> None:
+    """Only DEFAULT calls (with a rolled-back savepoint near the end) take all 3 000 free
+    numbers of the only sparse shard plus a deck shard; the next call is ID005, and the
+    count is exact."""
+    free = only_free(db, 7, {10: (3000, False), 11: (40, True)})
+    db.execute("CREATE TABLE seven (num varchar(7) PRIMARY KEY DEFAULT idmint.gen_entity_number(7))")
+    conn = connect(autocommit=False)
+    got = defaults(conn, 2900, "seven")
+    conn.execute("SAVEPOINT s")
+    defaults(conn, 100, "seven")
+    conn.execute("ROLLBACK TO SAVEPOINT s")
+    got += defaults(conn, 139, "seven")
+    got += defaults(conn, 1, "seven")  # the last free number
+    conn.execute("SAVEPOINT t")
+    with raises_sqlstate("ID005"):
+        conn.execute("SELECT idmint.gen_entity_number(7)")
+    conn.execute("ROLLBACK TO SAVEPOINT t")
+    conn.execute("SAVEPOINT u")
+    with raises_sqlstate("ID005"):
+        defaults(conn, 1, "seven")
+    conn.execute("ROLLBACK TO SAVEPOINT u")
+    conn.commit()
+    assert {int(x) for x in got} == free[10] | free[11]
+    assert issued(db, 7) == 1_000_000
+    assert check_exact(db, 7) == []
