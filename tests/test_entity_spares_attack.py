@@ -650,3 +650,42 @@ def test_defaults_alone_take_every_last_free_number_then_id005(
     assert {int(x) for x in got} == free[10] | free[11]
     assert issued(db, 7) == 1_000_000
     assert check_exact(db, 7) == []
+
+
+def test_app_role_cannot_run_the_spare_helpers_or_the_sequence(
+    db: psycopg.Connection, app_role: str, app_connect: Connect
+) -> None:
+    conn = app_connect()
+    for fn in (
+        "idmint._entity_spares_remove(integer, integer[])",
+        "idmint._entity_spares_drop()",
+        "idmint._entity_draw_spares(integer, integer, integer, text, boolean)",
+    ):
+        assert scalar(conn, "SELECT has_function_privilege(%s, 'EXECUTE')", [fn]) is False, fn
+    for priv in ("USAGE", "SELECT", "UPDATE"):
+        assert (
+            scalar(conn, "SELECT has_sequence_privilege('idmint.entity_handouts', %s)", [priv])
+            is False
+        ), priv
+
+
+def test_history_tells_when_a_default_handed_its_number_out(
+    db: psycopg.Connection, connect: Connect, table: str
+) -> None:
+    """CONTRACT section 5 (0.2): entity_number_history gives when a number was issued.
+    Before the spares a DEFAULT's number was issued at its own statement's time. A spare
+    keeps the time of the statement that drew the batch, which can be long before the
+    statement whose DEFAULT handed it out."""
+    conn = connect(autocommit=False)
+    defaults(conn, 300)
+    assert spares(conn)
+    conn.execute("SELECT pg_sleep(0.3)")
+    num, at = conn.execute(
+        "INSERT INTO spare_rows DEFAULT VALUES RETURNING num, statement_timestamp()"
+    ).fetchone()  # type: ignore[misc]
+    conn.commit()
+    rows = db.execute(
+        "SELECT at FROM idmint.entity_number_history(%s) WHERE event = 'issued'", [num]
+    ).fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] >= at, (num, rows[0][0], at)
