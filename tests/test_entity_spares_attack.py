@@ -689,3 +689,35 @@ def test_history_tells_when_a_default_handed_its_number_out(
     ).fetchall()
     assert len(rows) == 1
     assert rows[0][0] >= at, (num, rows[0][0], at)
+
+
+def test_a_one_number_call_after_a_rolled_back_savepoint_costs_one_row(
+    db: psycopg.Connection, connect: Connect, table: str
+) -> None:
+    """CONTRACT section 4 (0.2): a call's cost grows with its n, not with what earlier
+    calls did. After a run of DEFAULTs (batches of 64), a row per savepoint that is rolled
+    back (validation failures, per-row savepoints of an ORM) makes every later DEFAULT
+    find the mark changed: it un-issues the whole restored list (up to 63 DELETEs) and
+    draws a fresh batch of 64 rows, which the next rollback undoes again. Counted in the
+    transaction's own table statistics: rows written in idmint.entity_numbers per call."""
+    conn = connect(autocommit=False)
+    defaults(conn, 1000)
+
+    def written() -> int:
+        return int(
+            scalar(  # type: ignore[arg-type]
+                conn,
+                "SELECT n_tup_ins + n_tup_del + n_tup_upd FROM pg_stat_xact_user_tables"
+                " WHERE relid = 'idmint.entity_numbers'::regclass",
+            )
+        )
+
+    before = written()
+    calls = 50
+    for _ in range(calls):
+        conn.execute("SAVEPOINT s")
+        defaults(conn, 1)
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+    per_call = (written() - before) / calls
+    conn.rollback()
+    assert per_call <= 4, per_call
