@@ -18,6 +18,7 @@ from tests.util import (
     only_free,
     raises_sqlstate,
     scalar,
+    wait_until_blocked,
 )
 
 ORDER = 4
@@ -721,3 +722,145 @@ def test_a_one_number_call_after_a_rolled_back_savepoint_costs_one_row(
     per_call = (written() - before) / calls
     conn.rollback()
     assert per_call <= 4, per_call
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["own", "cross-claims"])
+@pytest.mark.parametrize("level", ["read committed", "repeatable read", "serializable"])
+def test_concurrent_mixed_spare_operations(
+    db: psycopg.Connection, connect: Connect, table: str, level: str, cross: bool
+) -> None:
+    """Four sessions, each transaction mixing DEFAULTs of two types, claims and trigger
+    bindings of its own spares, a bulk call, rolled-back and released savepoints, and
+    (cross=True) claims of another session's listed spares (read from a shared list).
+    Errors allowed: ID004 for a claim of another's number, 40001 at REPEATABLE READ /
+    SERIALIZABLE. The cross claims meet 40P01 (see
+    test_two_claims_into_each_others_held_shards_never_deadlock); without them it holds."""
+    db.execute("CREATE TABLE bound_rows (num varchar(7))")
+    db.execute(
+        "CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON bound_rows FOR EACH ROW"
+        " EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
+    )
+    shared: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def writer(w: int) -> None:
+        with connect(autocommit=False) as conn:
+            conn.execute(f"SET default_transaction_isolation = '{level}'")
+            conn.execute("SET lock_timeout = '10s'")
+            conn.commit()
+            for t in range(4):
+                try:
+                    defaults(conn, 100 + 13 * w)
+                    defaults(conn, 50, "quote_rows")
+                    mine = at_least_spares(conn, 4)
+                    with lock:
+                        shared.extend(mine[:2])
+                    conn.execute("SELECT idmint.claim_entity_number(%s)", [mine[0]])
+                    conn.execute("INSERT INTO bound_rows VALUES (%s)", [mine[1]])
+                    conn.execute("SAVEPOINT a")
+                    defaults(conn, 20)
+                    conn.execute("ROLLBACK TO SAVEPOINT a")
+                    conn.execute("SAVEPOINT b")
+                    defaults(conn, 10, "quote_rows")
+                    conn.execute("RELEASE SAVEPOINT b")
+                    if t % 2:
+                        conn.execute("SELECT idmint.gen_entity_numbers(4, 7)").fetchall()
+                    with lock:
+                        theirs = [x for x in shared if x not in mine]
+                    if theirs and cross:
+                        conn.execute("SAVEPOINT c")
+                        try:
+                            conn.execute("SELECT idmint.claim_entity_number(%s)", [theirs[-1]])
+                            conn.execute("RELEASE SAVEPOINT c")
+                        except psycopg.Error as e:
+                            conn.execute("ROLLBACK TO SAVEPOINT c")
+                            if e.sqlstate not in ("ID004", "55P03"):
+                                errors.append(f"claim {e.sqlstate}: {e}")
+                    defaults(conn, 30)
+                    if (w + t) % 3 == 0:
+                        conn.rollback()
+                    else:
+                        conn.commit()
+                except psycopg.Error as e:
+                    conn.rollback()
+                    if not (e.sqlstate == "40001" and level != "read committed"):
+                        errors.append(f"{e.sqlstate}: {e}")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    for prefix, tables in ((ORDER, ("spare_rows", "bound_rows")), (QUOTE, ("quote_rows",))):
+        assert issued(db, prefix) == entity_rows(db, prefix)
+        assert check_exact(db, prefix) == []
+        carried = [r[0] for tbl in tables for r in db.execute(f"SELECT num FROM {tbl}")]
+        assert len(carried) == len(set(carried))
+        stored = {
+            str(r[0])
+            for r in db.execute(
+                "SELECT number FROM idmint.entity_numbers WHERE number / 1000000 = %s", [prefix]
+            )
+        }
+        assert set(carried) <= stored
+
+
+def test_two_claims_into_each_others_held_shards_never_deadlock(
+    db: psycopg.Connection, connect: Connect, table: str
+) -> None:
+    """CONTRACT section 4 (0.2): two issuers never deadlock; claim_entity_number's errors
+    are ID003/ID004/ID008. a and b each hold a shard (their DEFAULTs); each claims a free
+    number of the other's shard: each claim waits for the other's shard row, and
+    PostgreSQL breaks the cycle with 40P01. (Not made by the spares: the claim of a number
+    in a shard another open transaction holds without a deck waits the same way before
+    61e5feb; with the spares the other's listed spares are such numbers.)"""
+    a = connect(autocommit=False)
+    b = connect(autocommit=False)
+    held_a = defaults(a, 1)[0]
+    held_b = defaults(b, 1)[0]
+
+    def free_in_shard_of(number: str) -> str:
+        """A number never issued, of the shard `number` (uncommitted) lies in."""
+        return str(
+            scalar(
+                db,
+                """
+                WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = 4),
+                sh AS (SELECT v, (get_byte(k, v %% 200) + get_byte(k, 400 + (v %% 1000000 / 200) %% 100)
+                                  + get_byte(k, 500 + v %% 1000000 / 20000)) %% 200 AS shard
+                       FROM k, generate_series(4000000, 4999999) AS v)
+                SELECT sh.v FROM sh
+                WHERE sh.shard = (SELECT shard FROM sh WHERE v = %s)
+                  AND sh.v <> %s
+                  AND NOT EXISTS (SELECT FROM idmint.entity_numbers e WHERE e.number = sh.v)
+                LIMIT 1
+                """,
+                [int(number), int(number)],
+            )
+        )
+
+    for_a = free_in_shard_of(held_b)
+    for_b = free_in_shard_of(held_a)
+    outcome: dict[str, str] = {}
+
+    def claim(who: str, conn: psycopg.Connection, number: str) -> None:
+        try:
+            conn.execute("SELECT idmint.claim_entity_number(%s)", [number]).fetchall()
+            outcome[who] = "ok"
+        except psycopg.Error as e:
+            outcome[who] = f"{e.sqlstate}"
+            conn.rollback()
+
+    pid_a = a.info.backend_pid
+    ta = threading.Thread(target=claim, args=("a", a, for_a))
+    ta.start()
+    wait_until_blocked(db, pid_a)
+    tb = threading.Thread(target=claim, args=("b", b, for_b))
+    tb.start()
+    tb.join(30)
+    if outcome.get("b") is None:
+        a.cancel()
+    ta.join(30)
+    assert "40P01" not in outcome.values(), outcome
