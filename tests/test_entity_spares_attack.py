@@ -864,3 +864,45 @@ def test_two_claims_into_each_others_held_shards_never_deadlock(
         a.cancel()
     ta.join(30)
     assert "40P01" not in outcome.values(), outcome
+
+
+def test_rewritten_lists_harm_no_other_transaction(
+    db: psycopg.Connection, connect: Connect, app_role: str, app_connect: Connect, table: str
+) -> None:
+    """An app role writes other transactions' numbers (committed, and another open
+    transaction's) into its spare list and the flag, then makes every path read the list:
+    a claim, a bulk call, the commit. Others' numbers stay issued; counts stay exact."""
+    db.execute("GRANT SELECT, INSERT ON spare_rows TO " + app_role)
+    committed = [r[0] for r in db.execute("SELECT idmint.gen_entity_numbers(4, 20)")]
+    other = connect(autocommit=False)
+    open_nums = defaults(other, 200)
+    conn = app_connect(autocommit=False)
+    mine = [r[0] for r in conn.execute("SELECT idmint.gen_entity_number(4) FROM generate_series(1, 100)")]
+    listed = "".join(committed + open_nums[:10])
+    for _ in range(3):
+        conn.execute("SELECT set_config('idmint.entity_spare_4', %s, true)", [listed])
+        conn.execute("SELECT set_config('idmint.entity_spares', 'y', true)")
+        conn.execute(
+            "SELECT set_config('idmint.entity_mark', current_setting('idmint.entity_mark', true), true)"
+        )
+        conn.execute("SAVEPOINT s")
+        try:
+            conn.execute("SELECT idmint.claim_entity_number(%s)", [committed[0]])
+        except psycopg.Error as e:
+            assert e.sqlstate == "ID004", e
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+    conn.execute("SELECT set_config('idmint.entity_spare_4', %s, true)", [listed])
+    mine += [r[0] for r in conn.execute("SELECT idmint.gen_entity_numbers(4, 5)")]
+    conn.execute("SELECT set_config('idmint.entity_spare_4', %s, true)", [listed])
+    conn.execute("SELECT set_config('idmint.entity_spares', 'y', true)")
+    conn.commit()
+    other.commit()
+    # (Its own spares, which it overwrote, stay issued: burnt by itself only.)
+    stored = {
+        str(r[0])
+        for r in db.execute("SELECT number FROM idmint.entity_numbers WHERE number / 1000000 = 4")
+    }
+    assert set(committed + open_nums + mine) <= stored
+    assert len(stored) - len(set(committed + open_nums + mine)) <= 64
+    assert issued(db, ORDER) == len(stored)
+    assert check_exact(db, ORDER) == []
