@@ -906,3 +906,33 @@ def test_rewritten_lists_harm_no_other_transaction(
     assert len(stored) - len(set(committed + open_nums + mine)) <= 64
     assert issued(db, ORDER) == len(stored)
     assert check_exact(db, ORDER) == []
+
+
+def test_app_functions_with_their_own_set_clauses(
+    db: psycopg.Connection, connect: Connect, table: str
+) -> None:
+    """An app function with SET clauses (restored at its exit) that inserts DEFAULT rows,
+    some inside an exception block that it rolls back, called many times."""
+    db.execute(
+        """
+        CREATE FUNCTION add_rows(n integer) RETURNS void LANGUAGE plpgsql
+        SET work_mem = '8MB' SET search_path = public, pg_temp SET plan_cache_mode = force_custom_plan
+        AS $$
+        BEGIN
+            INSERT INTO spare_rows SELECT FROM generate_series(1, n);
+            BEGIN
+                INSERT INTO spare_rows SELECT FROM generate_series(1, 3);
+                IF n % 2 = 0 THEN RAISE EXCEPTION 'undo'; END IF;
+            EXCEPTION WHEN raise_exception THEN NULL;
+            END;
+        END $$
+        """
+    )
+    conn = connect(autocommit=False)
+    for n in range(1, 40):
+        conn.execute("SELECT add_rows(%s)", [n])
+    got = [r[0] for r in conn.execute("SELECT num FROM spare_rows")]
+    assert len(got) == sum(range(1, 40)) + 3 * 20
+    assert issued(conn, ORDER) == len(got)
+    conn.commit()
+    assert_exactly_issued(db, got)
