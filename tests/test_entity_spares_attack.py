@@ -936,3 +936,20 @@ def test_app_functions_with_their_own_set_clauses(
     assert issued(conn, ORDER) == len(got)
     conn.commit()
     assert_exactly_issued(db, got)
+
+
+def test_backfill_in_a_transaction_with_spares(
+    db: psycopg.Connection, connect: Connect, table: str
+) -> None:
+    db.execute("CREATE TABLE legacy (id integer, num bigint)")
+    db.execute("INSERT INTO legacy SELECT g, NULL FROM generate_series(1, 500) g")
+    conn = connect(autocommit=False)
+    got = defaults(conn, 300)
+    assert spares(conn)
+    assert scalar(conn, "SELECT idmint.backfill_entity_numbers('legacy', 'num', 'order')") == 500
+    assert spares(conn) == []
+    got += defaults(conn, 200)
+    got += [str(r[0]) for r in conn.execute("SELECT num FROM legacy")]
+    assert issued(conn, ORDER) == 1000
+    conn.commit()
+    assert_exactly_issued(db, got)
