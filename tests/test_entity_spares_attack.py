@@ -1,7 +1,20 @@
 """Adversarial review of the DEFAULT spares (commit 61e5feb, sql/50 `_entity_spares_remove`
 and around): each test states a rule of CONTRACT section 1 or 4 that a run of column
 DEFAULTs must keep as if each call had issued one number. Tests that fail on 61e5feb are
-findings; the others are attacks the change withstood."""
+findings; the others are attacks the change withstood.
+
+Failing on 61e5feb (findings):
+- test_numbers_a_rolled_back_savepoint_saw_do_not_come_out_after_another_list_change
+- test_lastval_after_an_insert_with_the_default_is_the_apps_own_serial (passes on ad14f69)
+- test_discard_sequences_in_a_transaction_gives_no_undocumented_sqlstate
+- test_rewritten_spare_settings_give_no_undocumented_sqlstate
+- test_an_upsert_storing_nothing_with_a_spare_as_value_leaves_it_free
+- test_reset_all_in_a_transaction_leaves_no_spare_issued
+- test_history_tells_when_a_default_handed_its_number_out
+- test_a_one_number_call_after_a_rolled_back_savepoint_costs_one_row
+- test_two_claims_into_each_others_held_shards_never_deadlock and the cross-claims case
+  of test_concurrent_mixed_spare_operations (40P01; already so on ad14f69)
+"""
 
 from __future__ import annotations
 
@@ -953,3 +966,39 @@ def test_backfill_in_a_transaction_with_spares(
     assert issued(conn, ORDER) == 1000
     conn.commit()
     assert_exactly_issued(db, got)
+
+
+# --- Finding: the mark's nextval takes over the session's lastval() ---------------------
+
+
+@pytest.mark.parametrize("as_app", [False, True], ids=["owner", "app-role"])
+def test_lastval_after_an_insert_with_the_default_is_the_apps_own_serial(
+    db: psycopg.Connection, connect: Connect, app_role: str, app_connect: Connect, as_app: bool
+) -> None:
+    """`INSERT ...; SELECT lastval()` (PDO's lastInsertId(), many hand-written apps) must
+    give the app's own serial. Every hand-out from the spares takes nextval of
+    idmint.entity_handouts, which becomes the session's lastval(): the app reads idmint's
+    sequence value instead of its id, or (a role with only idmint_user) gets 42501
+    permission denied for sequence entity_handouts. Before 61e5feb no DEFAULT of idmint
+    touched a sequence."""
+    setup = app_connect() if as_app else db
+    setup.execute(
+        "CREATE TABLE own.serial_rows (id serial PRIMARY KEY,"
+        " num varchar(7) NOT NULL UNIQUE DEFAULT idmint.gen_entity_number('order'))"
+    )
+    conn = (app_connect if as_app else connect)(autocommit=False)
+    bad: list[object] = []
+    for _ in range(60):
+        conn.execute("INSERT INTO own.serial_rows DEFAULT VALUES")
+        conn.execute("SAVEPOINT s")
+        try:
+            last = scalar(conn, "SELECT lastval()")
+            mine = scalar(conn, "SELECT max(id) FROM own.serial_rows")
+            if last != mine:
+                bad.append((last, mine))
+            conn.execute("RELEASE SAVEPOINT s")
+        except psycopg.Error as e:
+            bad.append(e.sqlstate)
+            conn.execute("ROLLBACK TO SAVEPOINT s")
+    conn.commit()
+    assert bad == [], bad[:5]
