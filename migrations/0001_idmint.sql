@@ -275,11 +275,11 @@ CREATE TABLE idmint.entity_steals (
 COMMENT ON TABLE idmint.entity_steals IS
     'Numbers a transaction took from the deck of a shard another open transaction held: counted here until the next taker of the shard folds them into entity_shards.issued';
 
--- Taken once per number a column DEFAULT hands out from its transaction's spares (see
+-- Set to a new mark at every hand-out of a column DEFAULT's spares (see
 -- idmint._entity_spares_remove): its session-local currval survives a rolled-back
--- savepoint, which is how a hand-out the savepoint undid is recognised. Only the values'
--- change matters; CACHE keeps nextval in session memory.
-CREATE SEQUENCE idmint.entity_handouts CACHE 1000;
+-- savepoint, which is how a hand-out the savepoint undid is recognised. Only setval is
+-- used (nextval would become the session's lastval()); unlogged, so it writes no WAL.
+CREATE UNLOGGED SEQUENCE idmint.entity_handouts;
 
 -- ==== sql/14_binding_tables.sql ====
 -- Provisional bindings of the triggers (assign_driver_id, assign_entity_number).
@@ -1806,10 +1806,12 @@ COMMENT ON FUNCTION idmint._entity_deal(integer, integer, integer, boolean, inte
 -- any other call of the type (_issue_entity_numbers), so counts, capacity and ID005 see
 -- only numbers handed out. A claim or a binding of a spare takes it off the list.
 -- A rolled-back savepoint restores the list, so the numbers handed out inside it would
--- come out again: every hand-out and every change of a list also takes a value of the
--- sequence idmint.entity_handouts (whose session-local currval no rollback undoes) and
--- keeps it in idmint.entity_mark; a list is used only while the two agree, and otherwise
--- every list is given back (_entity_spares_drop).
+-- come out again. So every hand-out and every new list sets the unlogged sequence
+-- idmint.entity_handouts to a new mark (setval: no WAL, and lastval() stays the app's)
+-- and keeps the mark in idmint.entity_mark; the session-local currval survives a
+-- rollback. Lists are used only while the two agree; otherwise (after such a savepoint,
+-- or DISCARD SEQUENCES) the transaction issues one number per call for the rest of its
+-- life, and the lists' numbers are un-issued like any spare.
 -- An app that rewrites these settings misleads only its own calls: it could already write
 -- any value into its own rows, or un-issue its numbers by rolling back a savepoint.
 
@@ -1840,7 +1842,6 @@ BEGIN
     END IF;
     ignored := set_config(name, array_to_string(ARRAY(SELECT x FROM unnest(listed) WITH ORDINALITY AS u(x, o)
                                                       WHERE x <> ALL (taken) ORDER BY o), ''), true);
-    ignored := set_config('idmint.entity_mark', nextval('idmint.entity_handouts')::text, true);
     RETURN ARRAY(SELECT e.number FROM idmint.entity_numbers e
                  WHERE e.number = ANY (taken) AND e.issued_xid = pg_current_xact_id()
                    AND e.how = 'gen' AND e.bound_at IS NULL);
@@ -1882,7 +1883,23 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     got integer[];
+    mark constant text := current_setting('idmint.entity_mark', true);
+    now_mark bigint;
+    ignored text;
 BEGIN
+    BEGIN
+        now_mark := currval('idmint.entity_handouts');
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        now_mark := NULL;  -- (none taken in this session, or DISCARD SEQUENCES)
+    END;
+    IF concat(current_setting('idmint.entity_spare_1', true), current_setting('idmint.entity_spare_2', true),
+              current_setting('idmint.entity_spare_3', true), current_setting('idmint.entity_spare_4', true),
+              current_setting('idmint.entity_spare_5', true), current_setting('idmint.entity_spare_6', true),
+              current_setting('idmint.entity_spare_7', true), current_setting('idmint.entity_spare_8', true),
+              current_setting('idmint.entity_spare_9', true)) <> ''
+       AND mark IS DISTINCT FROM now_mark::text THEN
+        k := 1;  -- a new mark would make lists that a rolled-back savepoint restored valid again
+    END IF;
     SELECT array_agg(c.number ORDER BY c.o) INTO got
     FROM (SELECT m.number, min(m.o) AS o
           FROM (SELECT p * 1000000 + d.q * 200 + get_byte(r.shard_key, 200 + ((x.shard
@@ -1900,12 +1917,19 @@ BEGIN
         INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
         SELECT x, NULL, statement_timestamp(), 'gen', session_user, pg_current_xact_id()
         FROM unnest(got) AS x ORDER BY x;
+        IF cardinality(got) > 1 THEN
+            ignored := set_config('idmint.entity_spare_' || p, array_to_string(got[2:], ''), true);
+            ignored := set_config('idmint.entity_spares', 'y', true);  -- for _entity_flush
+            ignored := set_config('idmint.entity_mark', setval('idmint.entity_handouts',
+                greatest(coalesce(now_mark, 0),
+                         CASE WHEN mark ~ '^[0-9]{1,15}$' THEN mark::bigint ELSE 0 END) + 1)::text, true);
+        END IF;
     END IF;
     RETURN got;
 END
 $$;
 COMMENT ON FUNCTION idmint._entity_draw_spares(integer, integer, integer, text, boolean) IS
-    'Insert up to k random members of a shard this transaction holds (no deck) as its generated numbers; NULL if none';
+    'Insert up to k random members of a shard this transaction holds (no deck) as its generated numbers, the first to hand out and the rest as its spares; NULL if none';
 
 -- One number: the implementation behind gen_entity_number and the trigger; `entity` is
 -- a one-digit prefix or a type name. Fast path while the shard this transaction took last
@@ -1936,7 +1960,7 @@ DECLARE
     v integer;
     got integer;
     spare text;
-    mark text;
+    now_mark bigint;
     drawn integer;
     batch integer := 1;
     gots integer[];
@@ -1945,29 +1969,30 @@ BEGIN
         spare := current_setting('idmint.entity_spare_' || p, true);
         IF spare <> '' THEN
             -- A spare of an earlier call (see _entity_spares_remove): no statement at all,
-            -- unless a rolled-back savepoint handed out some (then all are given back).
-            mark := current_setting('idmint.entity_mark', true);
-            IF mark <> '' THEN
-                IF mark = currval('idmint.entity_handouts')::text THEN
-                    setting := set_config('idmint.entity_spare_' || p, left(spare, -7), true);
-                    setting := set_config('idmint.entity_mark', nextval('idmint.entity_handouts')::text, true);
-                    spare := right(spare, 7);
-                    IF spare ~ '^[1-9][0-9]{6}$' AND left(spare, 1)::integer = p THEN
-                        IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
-                            setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
-                        END IF;
-                        RETURN spare;
+            -- while the mark says that no rolled-back savepoint handed out any.
+            BEGIN
+                now_mark := currval('idmint.entity_handouts');
+            EXCEPTION WHEN object_not_in_prerequisite_state THEN
+                now_mark := NULL;  -- (DISCARD SEQUENCES)
+            END;
+            IF current_setting('idmint.entity_mark', true) = now_mark::text THEN
+                setting := set_config('idmint.entity_spare_' || p, left(spare, -7), true);
+                setting := set_config('idmint.entity_mark', setval('idmint.entity_handouts', now_mark + 1)::text, true);
+                spare := right(spare, 7);
+                IF spare ~ '^[1-9][0-9]{6}$' AND left(spare, 1)::integer = p THEN
+                    IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
+                        setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
                     END IF;
+                    RETURN spare;
                 END IF;
             END IF;
-            PERFORM idmint._entity_spares_drop();
-            setting := current_setting('idmint.entity_' || p, true);  -- (the drop changed it)
         END IF;
         -- A batch grows with the DEFAULT numbers this transaction drew: a quarter of them,
         -- at most 64 (what is not handed out by its commit is un-issued, so at most a
-        -- fifth of the rows it wrote).
-        drawn := coalesce(nullif(current_setting('idmint.entity_drawn', true), ''), '0')::integer;
-        batch := least(64, drawn / 4 + 1);
+        -- fifth of the rows it wrote); one number a call once its lists are stale.
+        drawn := CASE WHEN current_setting('idmint.entity_drawn', true) ~ '^[0-9]{1,6}$'
+                      THEN current_setting('idmint.entity_drawn', true)::integer ELSE 0 END;
+        batch := CASE WHEN spare <> '' THEN 1 ELSE least(64, drawn / 4 + 1) END;
     END IF;
     IF setting IS NULL OR setting = '' THEN
         -- This transaction's first number of the type: take a shard here (weighted by its free numbers)
@@ -1985,10 +2010,7 @@ BEGIN
             IF gots IS NOT NULL THEN
                 st[j][3] := st[j][3] + cardinality(gots);
                 setting := set_config('idmint.entity_' || p, st::text, true);
-                setting := set_config('idmint.entity_spare_' || p, array_to_string(gots[2:], ''), true);
-                setting := set_config('idmint.entity_spares', 'y', true);  -- for _entity_flush
-                setting := set_config('idmint.entity_mark', nextval('idmint.entity_handouts')::text, true);
-                setting := set_config('idmint.entity_drawn', (drawn + cardinality(gots))::text, true);
+                setting := set_config('idmint.entity_drawn', least(drawn + cardinality(gots), 999999)::text, true);
                 IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
                     setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
                 END IF;
@@ -2016,7 +2038,7 @@ BEGIN
                         st[j][3] := st[j][3] + 1;
                         setting := set_config('idmint.entity_' || p, st::text, true);
                         IF drawn IS NOT NULL THEN
-                            setting := set_config('idmint.entity_drawn', (drawn + 1)::text, true);
+                            setting := set_config('idmint.entity_drawn', least(drawn + 1, 999999)::text, true);
                         END IF;
                         IF current_setting('synchronous_commit') IN ('off', 'local', 'remote_write') THEN
                             setting := set_config('synchronous_commit', 'on', true);  -- as idmint._durable()
@@ -3094,6 +3116,7 @@ DECLARE
     bad text;
     i integer;
     new_count integer;
+    spared integer[];
     result text[] := numbers;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
@@ -3141,6 +3164,9 @@ BEGIN
             PERFORM idmint._error('already_taken', format('entity number %s is used by two rows', bad),
                                   'leave the column NULL (or DEFAULT) to get a new number');
         END IF;
+        -- Spares of this transaction given as values (see idmint._entity_spares_remove): no
+        -- call handed them out, so the binding claims them (un-issued if the row is not stored).
+        spared := idmint._entity_spares_remove(p, wanted);
         -- The backfill's own numbers, written into their one row (bound already).
         WITH handed AS (
             -- (One look-up on the whole key per number: as `number = ANY (wanted)` or a
@@ -3154,21 +3180,23 @@ BEGIN
               AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
             RETURNING x.number
         ), newly AS (
-            UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
+            UPDATE idmint.entity_numbers e
+            SET bound_at = clock_timestamp(),
+                how = CASE WHEN e.number = ANY (spared) THEN 'bind' ELSE e.how END,
+                issued_at = CASE WHEN e.number = ANY (spared) THEN statement_timestamp() ELSE e.issued_at END
             WHERE e.number = ANY (wanted) AND e.bound_at IS NULL
             RETURNING e.number
         ), b AS (
             SELECT n.number FROM newly n UNION ALL SELECT h.number FROM handed h
         ), pend AS (
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
-            SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
+            SELECT 'entity', n.number, tbl, col, n.number::text,
+                   CASE WHEN n.number = ANY (spared) THEN 'claimed' ELSE 'unbound' END, false
+            FROM newly n
             ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
             SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;
-        IF bound IS NOT NULL THEN
-            PERFORM idmint._entity_spares_remove(p, bound);  -- bound now, so no spare any more
-        END IF;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e
         WHERE e.number = ANY (wanted) AND e.number <> ALL (coalesce(bound, '{}')) LIMIT 1;
         IF bad IS NOT NULL THEN

@@ -115,8 +115,8 @@ CREATE TABLE idmint.entity_steals (
 COMMENT ON TABLE idmint.entity_steals IS
     'Numbers a transaction took from the deck of a shard another open transaction held: counted here until the next taker of the shard folds them into entity_shards.issued';
 
--- Taken once per number a column DEFAULT hands out from its transaction's spares (see
+-- Set to a new mark at every hand-out of a column DEFAULT's spares (see
 -- idmint._entity_spares_remove): its session-local currval survives a rolled-back
--- savepoint, which is how a hand-out the savepoint undid is recognised. Only the values'
--- change matters; CACHE keeps nextval in session memory.
-CREATE SEQUENCE idmint.entity_handouts CACHE 1000;
+-- savepoint, which is how a hand-out the savepoint undid is recognised. Only setval is
+-- used (nextval would become the session's lastval()); unlogged, so it writes no WAL.
+CREATE UNLOGGED SEQUENCE idmint.entity_handouts;

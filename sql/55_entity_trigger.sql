@@ -19,6 +19,7 @@ DECLARE
     bad text;
     i integer;
     new_count integer;
+    spared integer[];
     result text[] := numbers;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
@@ -66,6 +67,9 @@ BEGIN
             PERFORM idmint._error('already_taken', format('entity number %s is used by two rows', bad),
                                   'leave the column NULL (or DEFAULT) to get a new number');
         END IF;
+        -- Spares of this transaction given as values (see idmint._entity_spares_remove): no
+        -- call handed them out, so the binding claims them (un-issued if the row is not stored).
+        spared := idmint._entity_spares_remove(p, wanted);
         -- The backfill's own numbers, written into their one row (bound already).
         WITH handed AS (
             -- (One look-up on the whole key per number: as `number = ANY (wanted)` or a
@@ -79,21 +83,23 @@ BEGIN
               AND x.awaiting_row AND x.tbl = bind_entity_numbers.tbl AND x.col = bind_entity_numbers.col
             RETURNING x.number
         ), newly AS (
-            UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
+            UPDATE idmint.entity_numbers e
+            SET bound_at = clock_timestamp(),
+                how = CASE WHEN e.number = ANY (spared) THEN 'bind' ELSE e.how END,
+                issued_at = CASE WHEN e.number = ANY (spared) THEN statement_timestamp() ELSE e.issued_at END
             WHERE e.number = ANY (wanted) AND e.bound_at IS NULL
             RETURNING e.number
         ), b AS (
             SELECT n.number FROM newly n UNION ALL SELECT h.number FROM handed h
         ), pend AS (
             INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
-            SELECT 'entity', n.number, tbl, col, n.number::text, 'unbound', false FROM newly n
+            SELECT 'entity', n.number, tbl, col, n.number::text,
+                   CASE WHEN n.number = ANY (spared) THEN 'claimed' ELSE 'unbound' END, false
+            FROM newly n
             ON CONFLICT (xid, kind, number, fleet_id) DO UPDATE
             SET tbl = excluded.tbl, col = excluded.col, value = excluded.value
         )
         SELECT array_agg(b.number) INTO bound FROM b;
-        IF bound IS NOT NULL THEN
-            PERFORM idmint._entity_spares_remove(p, bound);  -- bound now, so no spare any more
-        END IF;
         SELECT e.number::text INTO bad FROM idmint.entity_numbers e
         WHERE e.number = ANY (wanted) AND e.number <> ALL (coalesce(bound, '{}')) LIMIT 1;
         IF bad IS NOT NULL THEN
