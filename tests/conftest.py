@@ -156,3 +156,13 @@ def route(request: pytest.FixtureRequest, dsn: str) -> str:
     if request.param == "direct":
         return dsn
     return str(request.getfixturevalue("pgbouncer_dsn"))
+
+
+@pytest.fixture
+def spare_rows(db: psycopg.Connection) -> str:
+    """A table whose number column has the DEFAULT gen_entity_number('order') (spares)."""
+    db.execute(
+        "CREATE TABLE spare_rows"
+        " (num varchar(7) PRIMARY KEY DEFAULT idmint.gen_entity_number('order'))"
+    )
+    return "spare_rows"

@@ -14,64 +14,22 @@ import psycopg
 import pytest
 
 from tests.util import (
+    ORDER,
     Connect,
+    assert_exactly_issued,
     check_exact,
+    defaults,
     entity_rows,
     issued,
     only_free,
     raises_sqlstate,
     scalar,
+    spares,
 )
-
-ORDER = 4
-
-
-def spares(conn: psycopg.Connection, prefix: int = ORDER) -> list[str]:
-    """This transaction's spare list (the setting an app can read, 7 digits a number)."""
-    text = str(
-        scalar(
-            conn,
-            "SELECT coalesce(current_setting(%s, true), '')",
-            [f"idmint.entity_spare_{prefix}"],
-        )
-    )
-    return [text[i : i + 7] for i in range(0, len(text), 7)]
-
-
-def defaults(conn: psycopg.Connection, n: int, table: str = "spare_rows") -> list[str]:
-    """Insert n rows whose number is the column DEFAULT; their numbers."""
-    return [
-        r[0]
-        for r in conn.execute(
-            f"INSERT INTO {table} SELECT FROM generate_series(1, %s) RETURNING num", [n]
-        )
-    ]
-
-
-@pytest.fixture
-def table(db: psycopg.Connection) -> str:
-    db.execute(
-        "CREATE TABLE spare_rows (num varchar(7) PRIMARY KEY DEFAULT idmint.gen_entity_number('order'))"
-    )
-    return "spare_rows"
-
-
-def assert_exactly_issued(db: psycopg.Connection, numbers: list[str], prefix: int = ORDER) -> None:
-    """The committed numbers of the type are exactly `numbers`, all counted."""
-    assert len(set(numbers)) == len(numbers)
-    stored = {
-        r[0]
-        for r in db.execute(
-            "SELECT number::text FROM idmint.entity_numbers WHERE number / 1000000 = %s", [prefix]
-        )
-    }
-    assert stored == set(numbers)
-    assert issued(db, prefix) == len(numbers)
-    assert check_exact(db, prefix) == []
 
 
 def test_a_run_of_defaults_leaves_exactly_its_rows_issued(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     got = defaults(conn, 1000)
@@ -85,7 +43,7 @@ def test_a_run_of_defaults_leaves_exactly_its_rows_issued(
 
 
 def test_one_by_one_statements_never_hand_out_a_number_twice(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     got = [
@@ -97,7 +55,7 @@ def test_one_by_one_statements_never_hand_out_a_number_twice(
 
 
 def test_rolled_back_savepoints_free_their_numbers_and_keep_the_rest(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     kept = defaults(conn, 300)
@@ -157,7 +115,7 @@ def seen_in_a_rolled_back_savepoint(
 
 @pytest.mark.parametrize("how", ["savepoint", "exception block"])
 def test_numbers_a_rolled_back_savepoint_saw_do_not_come_out_next(
-    db: psycopg.Connection, connect: Connect, table: str, how: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str, how: str
 ) -> None:
     """CONTRACT section 4 (0.2): numbers a rolled-back call saw tell nothing about later
     calls. A restored spare list would hand the same numbers out again, in the same order;
@@ -174,7 +132,7 @@ def test_numbers_a_rolled_back_savepoint_saw_do_not_come_out_next(
 
 
 def test_a_spare_can_be_claimed_and_is_then_never_handed_out(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     got = defaults(conn, 100)
@@ -199,7 +157,7 @@ def test_a_spare_can_be_claimed_and_is_then_never_handed_out(
 
 
 def test_a_spare_an_app_row_carries_is_bound_and_never_handed_out(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     db.execute("CREATE TABLE bound_rows (num varchar(7))")
     db.execute(
@@ -250,7 +208,7 @@ def test_a_call_for_the_last_free_numbers_is_not_short_of_the_spares(
 
 
 def test_an_early_count_gives_back_the_spares(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     got = defaults(conn, 300)
@@ -281,7 +239,7 @@ def test_a_rewritten_spare_setting_still_gives_issued_numbers_of_the_type(
 
 
 def test_concurrent_default_writers_with_rollbacks_stay_exact(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     kept: list[str] = []
     errors: list[BaseException] = []

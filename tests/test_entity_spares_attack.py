@@ -20,65 +20,20 @@ import psycopg
 import pytest
 
 from tests.util import (
+    ORDER,
     Connect,
+    assert_exactly_issued,
     check_exact,
+    defaults,
     entity_rows,
     issued,
     only_free,
     raises_sqlstate,
     scalar,
+    spares,
 )
 
-ORDER = 4
 QUOTE = 5
-
-
-def spares(conn: psycopg.Connection, prefix: int = ORDER) -> list[str]:
-    text = str(
-        scalar(
-            conn,
-            "SELECT coalesce(current_setting(%s, true), '')",
-            [f"idmint.entity_spare_{prefix}"],
-        )
-    )
-    return [text[i : i + 7] for i in range(0, len(text), 7)]
-
-
-def defaults(conn: psycopg.Connection, n: int, table: str = "spare_rows") -> list[str]:
-    return [
-        r[0]
-        for r in conn.execute(
-            f"INSERT INTO {table} SELECT FROM generate_series(1, %s) RETURNING num", [n]
-        )
-    ]
-
-
-@pytest.fixture
-def table(db: psycopg.Connection) -> str:
-    db.execute(
-        "CREATE TABLE spare_rows (num varchar(7) PRIMARY KEY DEFAULT idmint.gen_entity_number('order'))"
-    )
-    db.execute(
-        "CREATE TABLE quote_rows (num varchar(7) PRIMARY KEY DEFAULT idmint.gen_entity_number('quote'))"
-    )
-    return "spare_rows"
-
-
-def assert_exactly_issued(db: psycopg.Connection, numbers: list[str], prefix: int = ORDER) -> None:
-    assert len(set(numbers)) == len(numbers)
-    stored = {
-        r[0]
-        for r in db.execute(
-            "SELECT number::text FROM idmint.entity_numbers WHERE number / 1000000 = %s", [prefix]
-        )
-    }
-    assert stored == set(numbers), (
-        len(stored),
-        len(set(numbers)),
-        sorted(stored - set(numbers))[:5],
-    )
-    assert issued(db, prefix) == len(numbers)
-    assert check_exact(db, prefix) == []
 
 
 def at_least_spares(conn: psycopg.Connection, k: int) -> list[str]:
@@ -94,7 +49,7 @@ def at_least_spares(conn: psycopg.Connection, k: int) -> list[str]:
     "resync", ["claim of another spare", "binding of another spare", "other type"]
 )
 def test_numbers_a_rolled_back_savepoint_saw_do_not_come_out_after_another_list_change(
-    db: psycopg.Connection, connect: Connect, table: str, resync: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str, resync: str
 ) -> None:
     """CONTRACT section 4 (0.2): numbers that a rolled-back call saw tell nothing about
     later calls. The rolled-back savepoint restores the spare list; the mark check is meant
@@ -139,7 +94,7 @@ def test_numbers_a_rolled_back_savepoint_saw_do_not_come_out_after_another_list_
 
 
 def test_discard_sequences_in_a_transaction_gives_no_undocumented_sqlstate(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """CONTRACT section 1: nothing the caller sends may produce an error outside the
     documented ones. DISCARD SEQUENCES is allowed in a transaction block and forgets
@@ -187,7 +142,7 @@ def test_rewritten_spare_settings_give_no_undocumented_sqlstate(
 
 
 def test_an_upsert_storing_nothing_with_a_spare_as_value_leaves_it_free(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """CONTRACT section 4 (0.2): upserts that store nothing claim and bind nothing. A
     spare is a number no call handed out (it must be un-issued at commit); given as the
@@ -214,7 +169,7 @@ def test_an_upsert_storing_nothing_with_a_spare_as_value_leaves_it_free(
 
 
 def test_nested_savepoints_release_and_rollback_stay_exact(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     kept = defaults(conn, 200)
@@ -240,7 +195,7 @@ def test_nested_savepoints_release_and_rollback_stay_exact(
 
 
 def test_immediate_count_inside_a_rolled_back_savepoint(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     kept = defaults(conn, 300)
@@ -256,7 +211,7 @@ def test_immediate_count_inside_a_rolled_back_savepoint(
 
 
 def test_deferred_app_trigger_inserting_defaults_at_commit(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """An app's deferred constraint trigger inserts DEFAULT rows (both types) at commit,
     after idmint's count ran for the first shards; also with SET CONSTRAINTS ALL IMMEDIATE
@@ -295,7 +250,7 @@ def test_deferred_app_trigger_inserting_defaults_at_commit(
 
 
 def test_with_hold_cursor_materialised_at_commit(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """A WITH HOLD cursor is materialised at commit, after idmint's count ran. (PostgreSQL
     re-runs its query from the start there, so the 50 rows fetched before the commit are
@@ -323,7 +278,7 @@ def test_with_hold_cursor_materialised_at_commit(
 
 
 def test_cursor_fetched_inside_a_rolled_back_savepoint(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """A cursor opened outside a savepoint, fetched inside it: the rows and settings the
     fetch made go with the savepoint, the cursor goes on."""
@@ -345,7 +300,7 @@ def test_cursor_fetched_inside_a_rolled_back_savepoint(
 
 
 def test_upsert_with_default_and_trigger_on_the_same_table(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     db.execute(
         "CREATE TABLE both_rows (k integer PRIMARY KEY,"
@@ -383,7 +338,7 @@ def test_upsert_with_default_and_trigger_on_the_same_table(
 
 @pytest.mark.parametrize("level", ["repeatable read", "serializable"])
 def test_concurrent_defaults_at_higher_isolation(
-    db: psycopg.Connection, connect: Connect, table: str, level: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str, level: str
 ) -> None:
     kept: list[str] = []
     errors: list[str] = []
@@ -457,7 +412,7 @@ def test_a_held_spare_run_does_not_make_the_last_free_numbers_id005(
 
 
 def test_statement_timeout_in_the_middle_of_batches(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     kept = defaults(conn, 300)
@@ -510,7 +465,7 @@ def test_app_role_with_trigger_and_claims_of_spares(
 
 
 def test_another_transaction_claims_a_spare(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """A spare is no number handed out: another transaction's claim of it waits for the
     shard and then succeeds (the spare is un-issued at commit); a number that was handed
@@ -543,7 +498,7 @@ def test_another_transaction_claims_a_spare(
 
 
 def test_defaults_in_row_triggers_of_other_tables_with_savepoints(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     db.execute("CREATE TABLE parent (k integer)")
     db.execute(
@@ -575,7 +530,7 @@ def test_defaults_in_row_triggers_of_other_tables_with_savepoints(
 
 
 def test_gen_entity_numbers_of_another_type_between_defaults(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     conn = connect(autocommit=False)
     got = defaults(conn, 200)
@@ -675,7 +630,7 @@ def test_app_role_cannot_run_the_spare_helpers_or_the_sequence(
 
 
 def test_a_one_number_call_after_a_rolled_back_savepoint_costs_one_row(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """CONTRACT section 4 (0.2): a call's cost grows with its n, not with what earlier
     calls did. After a run of DEFAULTs (batches of 64), a row per savepoint that is rolled
@@ -711,7 +666,7 @@ def test_a_one_number_call_after_a_rolled_back_savepoint_costs_one_row(
 @pytest.mark.parametrize("cross", [False], ids=["own"])
 @pytest.mark.parametrize("level", ["read committed", "repeatable read", "serializable"])
 def test_concurrent_mixed_spare_operations(
-    db: psycopg.Connection, connect: Connect, table: str, level: str, cross: bool
+    db: psycopg.Connection, connect: Connect, spare_rows: str, level: str, cross: bool
 ) -> None:
     """Four sessions, each transaction mixing DEFAULTs of two types, claims and trigger
     bindings of its own spares, a bulk call, rolled-back and released savepoints, and
@@ -792,7 +747,7 @@ def test_concurrent_mixed_spare_operations(
 
 
 def test_rewritten_lists_harm_no_other_transaction(
-    db: psycopg.Connection, connect: Connect, app_role: str, app_connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, app_role: str, app_connect: Connect, spare_rows: str
 ) -> None:
     """An app role writes other transactions' numbers (committed, and another open
     transaction's) into its spare list and the flag, then makes every path read the list:
@@ -837,7 +792,7 @@ def test_rewritten_lists_harm_no_other_transaction(
 
 
 def test_app_functions_with_their_own_set_clauses(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     """An app function with SET clauses (restored at its exit) that inserts DEFAULT rows,
     some inside an exception block that it rolls back, called many times."""
@@ -867,7 +822,7 @@ def test_app_functions_with_their_own_set_clauses(
 
 
 def test_backfill_in_a_transaction_with_spares(
-    db: psycopg.Connection, connect: Connect, table: str
+    db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
     db.execute("CREATE TABLE legacy (id integer, num bigint)")
     db.execute("INSERT INTO legacy SELECT g, NULL FROM generate_series(1, 500) g")

@@ -260,3 +260,44 @@ def record_call(
         outcome[who] = f"{e.sqlstate}: {str(e).splitlines()[0]}"
         if rollback:
             conn.rollback()
+
+
+# --- column DEFAULT spares (tests/test_entity_spares*.py) ---------------------------------
+
+ORDER = 4  # the seeded type 'order'
+
+
+def spares(conn: psycopg.Connection, prefix: int = ORDER) -> list[str]:
+    """This transaction's spare list (the setting an app can read, 7 digits a number)."""
+    text = str(
+        scalar(
+            conn,
+            "SELECT coalesce(current_setting(%s, true), '')",
+            [f"idmint.entity_spare_{prefix}"],
+        )
+    )
+    return [text[i : i + 7] for i in range(0, len(text), 7)]
+
+
+def defaults(conn: psycopg.Connection, n: int, table: str = "spare_rows") -> list[str]:
+    """Insert n rows whose number is the column DEFAULT; their numbers."""
+    return [
+        r[0]
+        for r in conn.execute(
+            f"INSERT INTO {table} SELECT FROM generate_series(1, %s) RETURNING num", [n]
+        )
+    ]
+
+
+def assert_exactly_issued(db: psycopg.Connection, numbers: list[str], prefix: int = ORDER) -> None:
+    """The committed numbers of the type are exactly `numbers`, all counted."""
+    assert len(set(numbers)) == len(numbers)
+    stored = {
+        r[0]
+        for r in db.execute(
+            "SELECT number::text FROM idmint.entity_numbers WHERE number / 1000000 = %s", [prefix]
+        )
+    }
+    assert stored == set(numbers), (len(stored), sorted(stored - set(numbers))[:5])
+    assert issued(db, prefix) == len(numbers)
+    assert check_exact(db, prefix) == []
