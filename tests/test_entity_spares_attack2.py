@@ -377,3 +377,52 @@ def test_concurrent_random_spare_sequences(
     for p in (ORDER, QUOTE):
         assert check_exact(db, p) == []
         assert scalar(db, "SELECT issued FROM idmint.entity_capacity WHERE prefix = %s", [p]) == entity_rows(db, p)
+
+
+def test_partition_moves_upserts_and_deletes_with_default_spares_keep_the_binding_rules(
+    db: psycopg.Connection, connect: Callable[..., psycopg.Connection]
+) -> None:
+    """CONTRACT section 4 on a partitioned table with both the DEFAULT (spares) and the
+    trigger: a partition move keeps the number (bound), an upsert that stores nothing binds
+    nothing (its DEFAULT number stays issued, unbound, as any generated one), DELETE
+    unbinds; a savepoint around moves and upserts rolled back changes nothing; counts exact.
+    Withstood on 18d36fe."""
+    db.execute(
+        "CREATE TABLE pt (k int, id int, num varchar(7) DEFAULT idmint.gen_entity_number('order'),"
+        " PRIMARY KEY (k, id)) PARTITION BY LIST (k)"
+    )
+    for k in (1, 2):
+        db.execute(f"CREATE TABLE pt{k} PARTITION OF pt FOR VALUES IN ({k})")
+        db.execute(
+            f"CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON pt{k} FOR EACH ROW"
+            " EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
+        )
+    conn = connect(autocommit=False)
+    conn.execute("INSERT INTO pt (k, id) SELECT 1, g FROM generate_series(1, 40) g")
+    assert spares(conn) != []
+    before = dict(conn.execute("SELECT id, num FROM pt").fetchall())
+    conn.execute("SAVEPOINT a")
+    conn.execute("UPDATE pt SET k = 2 WHERE id <= 5")
+    conn.execute("INSERT INTO pt (k, id) VALUES (1, 6) ON CONFLICT DO NOTHING")
+    conn.execute("ROLLBACK TO SAVEPOINT a")
+    conn.execute("UPDATE pt SET k = 2 WHERE id <= 10")
+    deleted = conn.execute("DELETE FROM pt WHERE id = 11 RETURNING num").fetchone()[0]  # type: ignore[index]
+    unstored = conn.execute(
+        "INSERT INTO pt (k, id) VALUES (1, 12) ON CONFLICT DO NOTHING RETURNING num"
+    ).fetchall()
+    assert unstored == []
+    conn.execute("INSERT INTO pt (k, id) SELECT 1, g FROM generate_series(41, 60) g")
+    conn.commit()
+    after = dict(db.execute("SELECT id, num FROM pt").fetchall())
+    assert all(after[i] == before[i] for i in range(1, 41) if i != 11)
+    assert db.execute(
+        "SELECT count(*) FROM pt JOIN idmint.entity_numbers e ON e.number = pt.num::integer"
+        " AND e.bound_at IS NOT NULL"
+    ).fetchone() == (59,)
+    assert db.execute(
+        "SELECT bound_at IS NULL FROM idmint.entity_numbers WHERE number = %s", [int(deleted)]
+    ).fetchone() == (True,)
+    # 59 rows, the deleted row's number and the DEFAULT number of the upsert (issued, unbound)
+    assert entity_rows(db, ORDER) == 61
+    assert check_exact(db, ORDER) == []
+    assert scalar(db, "SELECT issued FROM idmint.entity_capacity WHERE prefix = 4") == 61
