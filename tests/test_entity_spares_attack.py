@@ -36,6 +36,16 @@ from tests.util import (
 QUOTE = 5
 
 
+@pytest.fixture
+def spare_rows(spare_rows: str, db: psycopg.Connection) -> str:
+    """conftest's spare_rows, and quote_rows with the DEFAULT of type 'quote'."""
+    db.execute(
+        "CREATE TABLE quote_rows"
+        " (num varchar(7) PRIMARY KEY DEFAULT idmint.gen_entity_number('quote'))"
+    )
+    return spare_rows
+
+
 def at_least_spares(conn: psycopg.Connection, k: int) -> list[str]:
     while len(spares(conn)) < k:
         defaults(conn, 1)
