@@ -424,25 +424,31 @@ def test_a_held_spare_run_does_not_make_the_last_free_numbers_id005(
 def test_statement_timeout_in_the_middle_of_batches(
     db: psycopg.Connection, connect: Connect, spare_rows: str
 ) -> None:
+    """Timeouts of 1 to 21 ms cancel 3 000-row DEFAULT inserts at random points inside a
+    savepoint of a transaction that has spares; what commits stays exact. On a busy
+    machine a timeout this short can also cancel the RELEASE or the reset after it, which
+    may abort the whole transaction: then that round is rolled back and the next begins."""
     conn = connect(autocommit=False)
-    kept = defaults(conn, 300)
     cancelled = 0
     for ms in (1, 2, 3, 5, 8, 13, 21):
-        conn.execute("SAVEPOINT s")
-        conn.execute(f"SET LOCAL statement_timeout = '{ms}ms'")
         try:
-            defaults(conn, 3000)
-            conn.execute("RELEASE SAVEPOINT s")
+            defaults(conn, 300)
+            conn.execute("SAVEPOINT s")
+            conn.execute(f"SET LOCAL statement_timeout = '{ms}ms'")
+            try:
+                defaults(conn, 3000)
+                conn.execute("RELEASE SAVEPOINT s")
+            except psycopg.errors.QueryCanceled:
+                cancelled += 1
+                conn.execute("ROLLBACK TO SAVEPOINT s")
             conn.execute("SET LOCAL statement_timeout = 0")
-            kept += [r[0] for r in conn.execute("SELECT num FROM spare_rows")][len(kept) :]
+            defaults(conn, 100)
+            conn.commit()
         except psycopg.errors.QueryCanceled:
-            cancelled += 1
-            conn.execute("ROLLBACK TO SAVEPOINT s")
-        conn.execute("SET LOCAL statement_timeout = 0")
-    kept = [r[0] for r in conn.execute("SELECT num FROM spare_rows")]
-    kept += defaults(conn, 100)
-    assert issued(conn, ORDER) == len(kept)
-    conn.commit()
+            conn.rollback()  # (a cancelled RELEASE, ROLLBACK TO or reset: the round is lost)
+    assert cancelled > 0
+    kept = [r[0] for r in db.execute("SELECT num FROM spare_rows")]
+    assert kept
     assert_exactly_issued(db, kept)
 
 
