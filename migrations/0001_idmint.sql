@@ -1650,6 +1650,9 @@ COMMENT ON FUNCTION idmint._entity_take_one(integer, integer[], boolean) IS
 -- Under REPEATABLE READ or SERIALIZABLE a shard counted into after the snapshot makes the
 -- statement fail with 40001: then the candidates are taken one by one in the same weighted
 -- order, each in a subtransaction, and those that raise 40001 are passed over.
+-- SERIALIZABLE's own 40001 (read/write dependencies, its DETAIL an untranslated "Reason
+-- code: ...") is raised at once instead: it fails every candidate alike, and passing over
+-- all 200 led into the waiting phase.
 CREATE FUNCTION idmint._entity_take_weighted(prefix integer, held integer[], lim integer, kk integer,
                                              has_rows boolean, guarded boolean DEFAULT false)
 RETURNS integer[]
@@ -1663,11 +1666,16 @@ DECLARE
     one integer[];
     stolen boolean;
     c record;
+    detail text;
 BEGIN
     IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
         BEGIN
             RETURN idmint._entity_take_weighted(p, held, lim, kk, has_rows, true);
         EXCEPTION WHEN serialization_failure THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            IF detail LIKE 'Reason code:%' THEN
+                RAISE;  -- SERIALIZABLE's read/write dependencies: no shard would do (see below)
+            END IF;
             NULL;  -- one of them was counted into after this snapshot
         END;
         FOR c IN
@@ -1685,6 +1693,10 @@ BEGIN
                     taken := coalesce(taken, '{}') || one;
                 END IF;
             EXCEPTION WHEN serialization_failure THEN
+                GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                IF detail LIKE 'Reason code:%' THEN
+                    RAISE;  -- see above
+                END IF;
                 NULL;  -- counted into after this snapshot: pass over it
             END;
         END LOOP;
@@ -1741,6 +1753,7 @@ AS $$
 DECLARE
     got integer[];
     c record;
+    detail text;
 BEGIN
     IF NOT wait AND current_setting('transaction_isolation') = 'read committed' THEN
         SELECT array_agg(z.number ORDER BY z.u) INTO got
@@ -1763,6 +1776,10 @@ BEGIN
                       ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
             END IF;
         EXCEPTION WHEN serialization_failure THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            IF detail LIKE 'Reason code:%' THEN
+                RAISE;  -- as in _entity_take_weighted
+            END IF;
             got := '{}';
             FOR c IN SELECT f.number FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s
                      ORDER BY gen_random_uuid() LOOP
@@ -1779,6 +1796,10 @@ BEGIN
                         got := got || c.number;
                     END IF;
                 EXCEPTION WHEN serialization_failure THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                    IF detail LIKE 'Reason code:%' THEN
+                        RAISE;  -- as above
+                    END IF;
                     NULL;  -- taken and committed after this snapshot
                 END;
             END LOOP;
