@@ -1,6 +1,11 @@
 """Entity numbers: idmint.gen_entity_numbers against the ADR-017 app-side generator and the
 plain-insert floor, at several fill levels of a type.
 
+Two floors: the peer's (known free numbers inserted into its one-column table) and idmint's
+table floor (known free numbers inserted into idmint.entity_numbers with the audit columns
+every issued number carries, as the owner). The second is what any engine that keeps an
+audit row per number must pay at least.
+
 Every measured call runs in its own transaction that is rolled back afterwards, so fill
 levels stay fixed across repetitions (idmint registers numbers in the caller's
 transaction; a rollback frees them). The commit is therefore excluded for all three.
@@ -157,6 +162,7 @@ class EPoint:
     idmint_ms: list[float] = field(default_factory=list)
     peer_ms: list[float] = field(default_factory=list)
     floor_ms: list[float] = field(default_factory=list)
+    table_floor_ms: list[float] = field(default_factory=list)
     peer_failures: int = 0
     peer_rounds: list[int] = field(default_factory=list)
     idmint_errors: list[str] = field(default_factory=list)
@@ -174,6 +180,7 @@ class EPoint:
             "idmint_ms": med(self.idmint_ms),
             "peer_ms": med(self.peer_ms),
             "floor_ms": med(self.floor_ms),
+            "table_floor_ms": med(self.table_floor_ms),
             "samples": len(self.idmint_ms),
             "peer_failures": self.peer_failures,
             "peer_rounds_median": med([float(r) for r in self.peer_rounds]),
@@ -185,6 +192,7 @@ class EPoint:
                 "idmint_ms": self.idmint_ms,
                 "peer_ms": self.peer_ms,
                 "floor_ms": self.floor_ms,
+                "table_floor_ms": self.table_floor_ms,
             },
         }
 
@@ -223,6 +231,20 @@ def _time_floor(conn: psycopg.Connection[Any], table: str, numbers: list[int]) -
     return dt * 1000
 
 
+def _time_table_floor(conn: psycopg.Connection[Any], numbers: list[int]) -> float:
+    """The same insert into idmint's own table, with the columns idmint writes per number."""
+    t0 = time.perf_counter()
+    conn.execute(
+        "INSERT INTO idmint.entity_numbers (number, issued_at, how, issued_by, issued_xid)"
+        " SELECT x, statement_timestamp(), 'gen', session_user, pg_current_xact_id()"
+        " FROM unnest(%b::integer[]) AS x ORDER BY x",
+        [numbers],
+    )
+    dt = time.perf_counter() - t0
+    conn.rollback()
+    return dt * 1000
+
+
 def points(fills: tuple[float, ...], ns: tuple[int, ...]) -> list[tuple[int, float, int]]:
     out = []
     for i, fill in enumerate(fills):
@@ -248,12 +270,14 @@ def measure(
         table = f"bench.peer_{p}"
         pt = EPoint(fill, n)
         free_numbers = free_sample(maint, table, p, n)
+        free_in_idmint = free_sample(maint, "idmint.entity_numbers", p, n)
         # warm-up (plans, caches), not recorded
         _time_idmint(conn, p, n)
         _time_peer(conn, table, p, n, fill)
         _time_floor(conn, table, free_numbers)
+        _time_table_floor(conn, free_in_idmint)
         for it in range(iterations(n, quick)):
-            order = [0, 1, 2][it % 3 :] + [0, 1, 2][: it % 3]  # rotate who goes first
+            order = [0, 1, 2, 3][it % 4 :] + [0, 1, 2, 3][: it % 4]  # rotate who goes first
             for who in order:
                 if who == 0:
                     try:
@@ -270,8 +294,10 @@ def measure(
                     pt.peer_ms.append(ms)
                     pt.peer_rounds.append(res.rounds)
                     pt.peer_failures += res.failed
-                else:
+                elif who == 2:
                     pt.floor_ms.append(_time_floor(conn, table, free_numbers))
+                else:
+                    pt.table_floor_ms.append(_time_table_floor(conn, free_in_idmint))
         if pt.peer_failures:
             # How long the ADR design takes to actually deliver, with no retry limit.
             t0 = time.perf_counter()
@@ -292,7 +318,7 @@ def measure(
         log(
             f"  entity fill {fill:>6}% n={n:>6}: idmint {d['idmint_ms']:.2f} ms,"
             f" peer {d['peer_ms']:.2f} ms ({pt.peer_failures} failed),"
-            f" floor {d['floor_ms']:.2f} ms"
+            f" floor {d['floor_ms']:.2f} ms, table floor {d['table_floor_ms']:.2f} ms"
         )
         results.append(pt)
         maint.execute(

@@ -74,6 +74,7 @@ def entity_rows(entity: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "idmint_ms": e["idmint_ms"],
                 "peer_ms": e["peer_ms"],
                 "floor_ms": e["floor_ms"],
+                "table_floor_ms": e.get("table_floor_ms"),
                 "peer_failures": e["peer_failures"],
                 "samples": e["samples"],
                 "peer_deliver_ms": deliver,
@@ -81,6 +82,8 @@ def entity_rows(entity: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "peer/idmint": _div(e["peer_ms"], e["idmint_ms"]),
                 "peer_deliver/idmint": _div(deliver, e["idmint_ms"]),
                 "idmint/floor": _div(e["idmint_ms"], e["floor_ms"]),
+                "idmint/table floor": _div(e["idmint_ms"], e.get("table_floor_ms")),
+                "peer/table floor": _div(e["peer_ms"], e.get("table_floor_ms")),
                 "flatness": _div(e["idmint_ms"], base.get(e["n"]))
                 if e["fill"] == 99.99 and e["n"] in (1, 30, 100)
                 else None,
@@ -276,9 +279,10 @@ def markdown(result: dict[str, Any]) -> str:
     erows = result.get("entity_rows", [])
     if erows:
         lines += [
-            "| fill % | n | idmint ms | peer ms | peer failed | floor ms | peer/idmint |"
-            " peer to deliver / idmint | idmint/floor | flatness |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| fill % | n | idmint ms | peer ms | peer failed | floor ms | table floor ms |"
+            " peer/idmint | peer to deliver / idmint | idmint/floor | idmint/table floor |"
+            " peer/table floor | flatness |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in erows:
             fail = f"{r['peer_failures']}/{r['samples']}"
@@ -287,8 +291,10 @@ def markdown(result: dict[str, Any]) -> str:
                 deliver = "> " + deliver + " (gave up)"
             lines.append(
                 f"| {r['fill']:g} | {r['n']} | {_f(r['idmint_ms'])} | {_f(r['peer_ms'])} |"
-                f" {fail} | {_f(r['floor_ms'])} | {_f(r['peer/idmint'])} | {deliver} |"
-                f" {_f(r['idmint/floor'])} | {_f(r['flatness'])} |"
+                f" {fail} | {_f(r['floor_ms'])} | {_f(r['table_floor_ms'])} |"
+                f" {_f(r['peer/idmint'])} | {deliver} | {_f(r['idmint/floor'])} |"
+                f" {_f(r['idmint/table floor'])} | {_f(r['peer/table floor'])} |"
+                f" {_f(r['flatness'])} |"
             )
         lines.append("")
     ts = result.get("targets", [])
