@@ -177,8 +177,16 @@ BEGIN
         RETURN;  -- a row whose value idmint never issued carries nothing to unbind
     END IF;
     target := idmint._lock_fleet_of(driver_id);
-    UPDATE idmint.driver_numbers x SET bound = false
-    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound;
+    -- Only a binding to this table (settled, or made in this transaction): a row of another
+    -- table may carry the id (an app that names another table must not free it).
+    UPDATE idmint.driver_numbers x SET bound = false, bound_to = NULL
+    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound
+      AND (x.bound_to = unbind_driver_id.tbl
+           OR (x.bound_to IS NULL
+               AND EXISTS (SELECT FROM idmint.pending_bindings b
+                           WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'driver'
+                             AND b.fleet_id = x.fleet_id AND b.number = x.number
+                             AND b.tbl = unbind_driver_id.tbl)));
     IF FOUND THEN
         PERFORM idmint._pend_binding('driver', target.fleet_id, target.number, tbl, col,
                                      idmint._format_driver_id(target.number, target.code), 'bound');
