@@ -1160,6 +1160,33 @@ COMMENT ON FUNCTION idmint._driver_id_unchanged(text, text, text, text) IS
 
 -- The table a binding is checked against at commit: the root of a partition tree, so a
 -- row that moves between partitions is still found.
+-- Whether this session may write rows of tbl (`what`: DELETE or UPDATE) as the role it
+-- acts as (SET ROLE, else its login role): the unbinding helpers run as idmint's owner
+-- and are public, so a role that could not delete a row must not free its number. (An
+-- app's own SECURITY DEFINER function deleting for a role that may not: the number stays
+-- bound.)
+CREATE FUNCTION idmint._may_change(tbl regclass, what text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT has_table_privilege(CASE current_setting('role') WHEN 'none' THEN session_user
+                                    ELSE current_setting('role') END, tbl, what)
+$$;
+COMMENT ON FUNCTION idmint._may_change(regclass, text) IS
+    'Whether the session''s role may DELETE or UPDATE rows of tbl (for the unbinding helpers)';
+
+-- Whether a column is char(n) (or a domain over it), whose values come blank-padded.
+CREATE FUNCTION idmint._char_column(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                   LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype
+                   WHERE a.attrelid = rel AND a.attname = col AND 'bpchar' IN (t.typname, b.typname))
+$$;
+COMMENT ON FUNCTION idmint._char_column(oid, text) IS
+    'Whether a table column is char(n) or a domain over it (its values come blank-padded)';
+
 CREATE FUNCTION idmint._binding_table(rel oid) RETURNS regclass
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1277,7 +1304,8 @@ DECLARE
     target record;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF NOT idmint.is_valid_driver_id(driver_id) THEN
+    driver_id := rtrim(driver_id, ' ');  -- (a char(n) column pads it)
+    IF NOT idmint.is_valid_driver_id(driver_id) OR NOT idmint._may_change(tbl, 'DELETE') THEN
         RETURN;  -- a row whose value idmint never issued carries nothing to unbind
     END IF;
     target := idmint._lock_fleet_of(driver_id);
@@ -1286,6 +1314,7 @@ BEGIN
     UPDATE idmint.driver_numbers x SET bound = false, bound_to = NULL
     WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound
       AND (x.bound_to = unbind_driver_id.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = x.bound_to)
            OR (x.bound_to IS NULL
                AND EXISTS (SELECT FROM idmint.pending_bindings b
                            WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'driver'
@@ -1325,10 +1354,17 @@ BEGIN
     new_row := to_jsonb(NEW);
     PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, new_row, TG_ARGV, TG_NARGS);
     new_id := new_row ->> id_col;
+    IF right(new_id, 1) = ' ' AND idmint._char_column(TG_RELID, id_col) THEN
+        new_id := rtrim(new_id, ' ');  -- a char(n) column pads it (unbind_driver_id trims too)
+        new_row := jsonb_set(new_row, ARRAY[id_col], to_jsonb(new_id));
+    END IF;
 
     IF TG_OP = 'UPDATE' THEN
         old_row := to_jsonb(OLD);
         old_id := old_row ->> id_col;
+        IF right(old_id, 1) = ' ' AND idmint._char_column(TG_RELID, id_col) THEN
+            old_id := rtrim(old_id, ' ');
+        END IF;
         IF old_id IS NOT NULL THEN
             PERFORM idmint._driver_id_unchanged(old_id, new_id, old_row ->> fleet_col, new_row ->> fleet_col);
             RETURN NEW;
@@ -3278,11 +3314,17 @@ BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         RETURN;  -- a value idmint never issued carries nothing to unbind
     END IF;
-    -- Only a binding to this table: a row of another table may carry the number (an app
-    -- that names another table, or whose cast misstates OLD, must not free it).
+    -- Only a binding to this table, and only for a session that may delete its rows: a
+    -- row of another table may carry the number (an app that names another table, or
+    -- whose cast misstates OLD, must not free it). A table gone since (dropped, or
+    -- rebuilt under its name) unbinds from the table named.
+    IF NOT idmint._may_change(tbl, 'DELETE') THEN
+        RETURN;
+    END IF;
     UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL
     WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL
-      AND e.bound_to = unbind_entity_number.tbl;
+      AND (e.bound_to = unbind_entity_number.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.bound_to));
     IF FOUND THEN
         PERFORM idmint._pend_binding('entity', NULL, number::integer, tbl, col, number, 'bound');
     END IF;
@@ -3300,8 +3342,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
-        RETURN;  -- a value idmint never issued carries no binding
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' OR NOT idmint._may_change(tbl, 'UPDATE') THEN
+        RETURN;  -- a value idmint never issued carries no binding (or not this session's row)
     END IF;
     DELETE FROM idmint.pending_bindings b
     WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity' AND b.number = keep_entity_number.number::integer;
@@ -3322,17 +3364,24 @@ DECLARE
     new_row jsonb;
     old_value jsonb;
     new_value jsonb;
+    padded boolean;
     old_number text;
     new_number text;
     given text;
 BEGIN
-    -- A number as the column holds it: char(n) pads it with blanks, numeric(p, s) has a
-    -- fraction of zeros; bind, unbind and keep expect its 7 digits.
+    -- A number as the column holds it: numeric(p, s) has a fraction of zeros, char(n)
+    -- pads it with blanks (only char(n): in any other column a blank is part of the value,
+    -- which is then malformed); bind, unbind and keep expect its 7 digits.
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         old_value := to_jsonb(OLD) -> col;
         old_number := CASE WHEN jsonb_typeof(old_value) = 'number' AND old_value::numeric = trunc(old_value::numeric)
-                           THEN trunc(old_value::numeric)::text
-                           ELSE rtrim(old_value #>> '{}', ' ') END;
+                           THEN trunc(old_value::numeric)::text ELSE old_value #>> '{}' END;
+        IF right(old_number, 1) = ' ' THEN
+            padded := idmint._char_column(TG_RELID, col);
+            IF padded THEN
+                old_number := rtrim(old_number, ' ');
+            END IF;
+        END IF;
     END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, to_jsonb(OLD), TG_ARGV[0:0], TG_NARGS);
@@ -3348,8 +3397,13 @@ BEGIN
     END IF;
     new_value := new_row -> col;
     new_number := CASE WHEN jsonb_typeof(new_value) = 'number' AND new_value::numeric = trunc(new_value::numeric)
-                       THEN trunc(new_value::numeric)::text
-                       ELSE rtrim(new_value #>> '{}', ' ') END;
+                       THEN trunc(new_value::numeric)::text ELSE new_value #>> '{}' END;
+    IF right(new_number, 1) = ' ' THEN
+        padded := coalesce(padded, idmint._char_column(TG_RELID, col));
+        IF padded THEN
+            new_number := rtrim(new_number, ' ');
+        END IF;
+    END IF;
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
@@ -3515,10 +3569,12 @@ DECLARE
     hidden boolean;
     type_schema name;
     type_name name;
+    json_typed boolean;
     hits bigint[];
 BEGIN
-    SELECT n.nspname, c.relname, c.relrowsecurity, tn.nspname, ty.typname
-    INTO schema_name, table_name, hidden, type_schema, type_name
+    SELECT n.nspname, c.relname, c.relrowsecurity, tn.nspname, ty.typname,
+           'json'::regtype IN (ty.oid, ty.typbasetype) OR 'jsonb'::regtype IN (ty.oid, ty.typbasetype)
+    INTO schema_name, table_name, hidden, type_schema, type_name, json_typed
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
     JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
@@ -3531,11 +3587,14 @@ BEGIN
     -- comparison), so the column's index and its own equality are used. Not through
     -- the row type: building a whole row checks every domain column, and a NOT NULL domain
     -- on another column made the look-up fail (and keep every binding).
-    EXECUTE format($q$
-        SELECT coalesce(array_agg(p.id), '{}')
-        FROM unnest($1, $2) AS p(id, v)
-        WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I = CAST(p.v AS %4$I.%5$I))
-        $q$, schema_name, table_name, col, type_schema, type_name)
+    -- A json or jsonb column holds the number as a JSON string (the value the trigger
+    -- wrote through jsonb_populate_record), which a cast of the text would not give.
+    EXECUTE format(CASE WHEN json_typed
+                        THEN $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I::jsonb = to_jsonb(p.v))$q$
+                        ELSE $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I = CAST(p.v AS %4$I.%5$I))$q$ END,
+                   schema_name, table_name, col, type_schema, type_name)
         INTO hits USING ids, vals;
     RETURN hits;
 EXCEPTION WHEN OTHERS THEN
@@ -4063,6 +4122,7 @@ GRANT EXECUTE ON FUNCTION
     idmint._trigger_columns(text, text, text, jsonb, text[], integer),
     idmint._driver_id_unchanged(text, text, text, text),
     idmint._binding_table(oid),
+    idmint._char_column(oid, text),
     idmint._pending_bindings(bigint),
     idmint._rows_exist(oid, text, bigint[], text[]),
     idmint._backfill_target(regclass, text)

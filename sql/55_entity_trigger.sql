@@ -138,11 +138,17 @@ BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         RETURN;  -- a value idmint never issued carries nothing to unbind
     END IF;
-    -- Only a binding to this table: a row of another table may carry the number (an app
-    -- that names another table, or whose cast misstates OLD, must not free it).
+    -- Only a binding to this table, and only for a session that may delete its rows: a
+    -- row of another table may carry the number (an app that names another table, or
+    -- whose cast misstates OLD, must not free it). A table gone since (dropped, or
+    -- rebuilt under its name) unbinds from the table named.
+    IF NOT idmint._may_change(tbl, 'DELETE') THEN
+        RETURN;
+    END IF;
     UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL
     WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL
-      AND e.bound_to = unbind_entity_number.tbl;
+      AND (e.bound_to = unbind_entity_number.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.bound_to));
     IF FOUND THEN
         PERFORM idmint._pend_binding('entity', NULL, number::integer, tbl, col, number, 'bound');
     END IF;
@@ -160,8 +166,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
-        RETURN;  -- a value idmint never issued carries no binding
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' OR NOT idmint._may_change(tbl, 'UPDATE') THEN
+        RETURN;  -- a value idmint never issued carries no binding (or not this session's row)
     END IF;
     DELETE FROM idmint.pending_bindings b
     WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity' AND b.number = keep_entity_number.number::integer;
@@ -182,17 +188,24 @@ DECLARE
     new_row jsonb;
     old_value jsonb;
     new_value jsonb;
+    padded boolean;
     old_number text;
     new_number text;
     given text;
 BEGIN
-    -- A number as the column holds it: char(n) pads it with blanks, numeric(p, s) has a
-    -- fraction of zeros; bind, unbind and keep expect its 7 digits.
+    -- A number as the column holds it: numeric(p, s) has a fraction of zeros, char(n)
+    -- pads it with blanks (only char(n): in any other column a blank is part of the value,
+    -- which is then malformed); bind, unbind and keep expect its 7 digits.
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         old_value := to_jsonb(OLD) -> col;
         old_number := CASE WHEN jsonb_typeof(old_value) = 'number' AND old_value::numeric = trunc(old_value::numeric)
-                           THEN trunc(old_value::numeric)::text
-                           ELSE rtrim(old_value #>> '{}', ' ') END;
+                           THEN trunc(old_value::numeric)::text ELSE old_value #>> '{}' END;
+        IF right(old_number, 1) = ' ' THEN
+            padded := idmint._char_column(TG_RELID, col);
+            IF padded THEN
+                old_number := rtrim(old_number, ' ');
+            END IF;
+        END IF;
     END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, to_jsonb(OLD), TG_ARGV[0:0], TG_NARGS);
@@ -208,8 +221,13 @@ BEGIN
     END IF;
     new_value := new_row -> col;
     new_number := CASE WHEN jsonb_typeof(new_value) = 'number' AND new_value::numeric = trunc(new_value::numeric)
-                       THEN trunc(new_value::numeric)::text
-                       ELSE rtrim(new_value #>> '{}', ' ') END;
+                       THEN trunc(new_value::numeric)::text ELSE new_value #>> '{}' END;
+    IF right(new_number, 1) = ' ' THEN
+        padded := coalesce(padded, idmint._char_column(TG_RELID, col));
+        IF padded THEN
+            new_number := rtrim(new_number, ' ');
+        END IF;
+    END IF;
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;

@@ -44,10 +44,12 @@ DECLARE
     hidden boolean;
     type_schema name;
     type_name name;
+    json_typed boolean;
     hits bigint[];
 BEGIN
-    SELECT n.nspname, c.relname, c.relrowsecurity, tn.nspname, ty.typname
-    INTO schema_name, table_name, hidden, type_schema, type_name
+    SELECT n.nspname, c.relname, c.relrowsecurity, tn.nspname, ty.typname,
+           'json'::regtype IN (ty.oid, ty.typbasetype) OR 'jsonb'::regtype IN (ty.oid, ty.typbasetype)
+    INTO schema_name, table_name, hidden, type_schema, type_name, json_typed
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
     JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
@@ -60,11 +62,14 @@ BEGIN
     -- comparison), so the column's index and its own equality are used. Not through
     -- the row type: building a whole row checks every domain column, and a NOT NULL domain
     -- on another column made the look-up fail (and keep every binding).
-    EXECUTE format($q$
-        SELECT coalesce(array_agg(p.id), '{}')
-        FROM unnest($1, $2) AS p(id, v)
-        WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I = CAST(p.v AS %4$I.%5$I))
-        $q$, schema_name, table_name, col, type_schema, type_name)
+    -- A json or jsonb column holds the number as a JSON string (the value the trigger
+    -- wrote through jsonb_populate_record), which a cast of the text would not give.
+    EXECUTE format(CASE WHEN json_typed
+                        THEN $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I::jsonb = to_jsonb(p.v))$q$
+                        ELSE $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I = CAST(p.v AS %4$I.%5$I))$q$ END,
+                   schema_name, table_name, col, type_schema, type_name)
         INTO hits USING ids, vals;
     RETURN hits;
 EXCEPTION WHEN OTHERS THEN
