@@ -130,6 +130,9 @@ CREATE TABLE idmint.driver_numbers (
     application_name text,
     how              text,        -- next, bulk, reserve, confirm
     bound            boolean     NOT NULL DEFAULT false,  -- an app row carries it (trigger)
+    -- That row's table (partition root), set when the binding is settled at commit: only a
+    -- DELETE from it unbinds the id.
+    bound_to         oid,
     PRIMARY KEY (fleet_id, number)
 );
 COMMENT ON TABLE idmint.driver_numbers IS 'Every driver number issued, reserved or freed, per fleet';
@@ -233,8 +236,10 @@ SELECT r.prefix, s FROM idmint.entity_ranges r, generate_series(0, 199) s;
 -- re-reads each CHECK expression (measured: a tenth of the per-row cost of a DEFAULT).
 CREATE TABLE idmint.entity_numbers (
     number      integer     PRIMARY KEY,  -- 1000000..9999999
-    -- Set when a row of an app table carries the number (trigger assign_entity_number).
+    -- Set when a row of an app table carries the number (trigger assign_entity_number),
+    -- and that table (its partition root): only a DELETE from it unbinds the number.
     bound_at    timestamptz,
+    bound_to    oid,
     issued_at   timestamptz NOT NULL,
     how         text        NOT NULL,  -- gen, claim, bind (by the trigger), backfill
     issued_by   text        NOT NULL,
@@ -1155,6 +1160,33 @@ COMMENT ON FUNCTION idmint._driver_id_unchanged(text, text, text, text) IS
 
 -- The table a binding is checked against at commit: the root of a partition tree, so a
 -- row that moves between partitions is still found.
+-- Whether this session may write rows of tbl (`what`: DELETE or UPDATE) as the role it
+-- acts as (SET ROLE, else its login role): the unbinding helpers run as idmint's owner
+-- and are public, so a role that could not delete a row must not free its number. (An
+-- app's own SECURITY DEFINER function deleting for a role that may not: the number stays
+-- bound.)
+CREATE FUNCTION idmint._may_change(tbl regclass, what text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT has_table_privilege(CASE current_setting('role') WHEN 'none' THEN session_user
+                                    ELSE current_setting('role') END, tbl, what)
+$$;
+COMMENT ON FUNCTION idmint._may_change(regclass, text) IS
+    'Whether the session''s role may DELETE or UPDATE rows of tbl (for the unbinding helpers)';
+
+-- Whether a column is char(n) (or a domain over it), whose values come blank-padded.
+CREATE FUNCTION idmint._char_column(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                   LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype
+                   WHERE a.attrelid = rel AND a.attname = col AND 'bpchar' IN (t.typname, b.typname))
+$$;
+COMMENT ON FUNCTION idmint._char_column(oid, text) IS
+    'Whether a table column is char(n) or a domain over it (its values come blank-padded)';
+
 CREATE FUNCTION idmint._binding_table(rel oid) RETURNS regclass
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1272,12 +1304,22 @@ DECLARE
     target record;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF NOT idmint.is_valid_driver_id(driver_id) THEN
+    driver_id := rtrim(driver_id, ' ');  -- (a char(n) column pads it)
+    IF NOT idmint.is_valid_driver_id(driver_id) OR NOT idmint._may_change(tbl, 'DELETE') THEN
         RETURN;  -- a row whose value idmint never issued carries nothing to unbind
     END IF;
     target := idmint._lock_fleet_of(driver_id);
-    UPDATE idmint.driver_numbers x SET bound = false
-    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound;
+    -- Only a binding to this table (settled, or made in this transaction): a row of another
+    -- table may carry the id (an app that names another table must not free it).
+    UPDATE idmint.driver_numbers x SET bound = false, bound_to = NULL
+    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound
+      AND (x.bound_to = unbind_driver_id.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = x.bound_to)
+           OR (x.bound_to IS NULL
+               AND EXISTS (SELECT FROM idmint.pending_bindings b
+                           WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'driver'
+                             AND b.fleet_id = x.fleet_id AND b.number = x.number
+                             AND b.tbl = unbind_driver_id.tbl)));
     IF FOUND THEN
         PERFORM idmint._pend_binding('driver', target.fleet_id, target.number, tbl, col,
                                      idmint._format_driver_id(target.number, target.code), 'bound');
@@ -1312,10 +1354,17 @@ BEGIN
     new_row := to_jsonb(NEW);
     PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, new_row, TG_ARGV, TG_NARGS);
     new_id := new_row ->> id_col;
+    IF right(new_id, 1) = ' ' AND idmint._char_column(TG_RELID, id_col) THEN
+        new_id := rtrim(new_id, ' ');  -- a char(n) column pads it (unbind_driver_id trims too)
+        new_row := jsonb_set(new_row, ARRAY[id_col], to_jsonb(new_id));
+    END IF;
 
     IF TG_OP = 'UPDATE' THEN
         old_row := to_jsonb(OLD);
         old_id := old_row ->> id_col;
+        IF right(old_id, 1) = ' ' AND idmint._char_column(TG_RELID, id_col) THEN
+            old_id := rtrim(old_id, ' ');
+        END IF;
         IF old_id IS NOT NULL THEN
             PERFORM idmint._driver_id_unchanged(old_id, new_id, old_row ->> fleet_col, new_row ->> fleet_col);
             RETURN NEW;
@@ -1650,6 +1699,9 @@ COMMENT ON FUNCTION idmint._entity_take_one(integer, integer[], boolean) IS
 -- Under REPEATABLE READ or SERIALIZABLE a shard counted into after the snapshot makes the
 -- statement fail with 40001: then the candidates are taken one by one in the same weighted
 -- order, each in a subtransaction, and those that raise 40001 are passed over.
+-- SERIALIZABLE's own 40001 (read/write dependencies, its DETAIL an untranslated "Reason
+-- code: ...") is raised at once instead: it fails every candidate alike, and passing over
+-- all 200 led into the waiting phase.
 CREATE FUNCTION idmint._entity_take_weighted(prefix integer, held integer[], lim integer, kk integer,
                                              has_rows boolean, guarded boolean DEFAULT false)
 RETURNS integer[]
@@ -1663,11 +1715,18 @@ DECLARE
     one integer[];
     stolen boolean;
     c record;
+    detail text;
+    hint text;
 BEGIN
     IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
         BEGIN
             RETURN idmint._entity_take_weighted(p, held, lim, kk, has_rows, true);
         EXCEPTION WHEN serialization_failure THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+            -- SERIALIZABLE's read/write dependencies: no shard would do (see below)
+            IF detail LIKE 'Reason code:%' THEN
+                RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+            END IF;
             NULL;  -- one of them was counted into after this snapshot
         END;
         FOR c IN
@@ -1685,6 +1744,11 @@ BEGIN
                     taken := coalesce(taken, '{}') || one;
                 END IF;
             EXCEPTION WHEN serialization_failure THEN
+                GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+                -- see above
+                IF detail LIKE 'Reason code:%' THEN
+                    RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+                END IF;
                 NULL;  -- counted into after this snapshot: pass over it
             END;
         END LOOP;
@@ -1741,6 +1805,8 @@ AS $$
 DECLARE
     got integer[];
     c record;
+    detail text;
+    hint text;
 BEGIN
     IF NOT wait AND current_setting('transaction_isolation') = 'read committed' THEN
         SELECT array_agg(z.number ORDER BY z.u) INTO got
@@ -1763,6 +1829,11 @@ BEGIN
                       ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
             END IF;
         EXCEPTION WHEN serialization_failure THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+            -- as in _entity_take_weighted
+            IF detail LIKE 'Reason code:%' THEN
+                RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+            END IF;
             got := '{}';
             FOR c IN SELECT f.number FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s
                      ORDER BY gen_random_uuid() LOOP
@@ -1779,6 +1850,11 @@ BEGIN
                         got := got || c.number;
                     END IF;
                 EXCEPTION WHEN serialization_failure THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+                    -- as above
+                    IF detail LIKE 'Reason code:%' THEN
+                        RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+                    END IF;
                     NULL;  -- taken and committed after this snapshot
                 END;
             END LOOP;
@@ -1944,11 +2020,12 @@ COMMENT ON FUNCTION idmint._entity_draw_spares(integer, integer, integer, text, 
 -- One small statement and no nested idmint call on purpose: on PostgreSQL 15 every call
 -- of a function that pins search_path costs about as much as the insert, and a statement
 -- costs mostly its executor start-up (docs/DESIGN.md).
-CREATE FUNCTION idmint._issue_entity_number(entity text, how text, bind boolean) RETURNS text
+CREATE FUNCTION idmint._issue_entity_number(entity text, how text, tbl oid) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    bind constant boolean := tbl IS NOT NULL;  -- issued bound to a row of tbl (the trigger)
     by_name constant boolean := entity !~ '^[0-9]$';
     -- A type name's prefix, cached per session (checked by the insert, so never trusted).
     cache constant text := CASE WHEN by_name THEN 'idmint.entity_type_' || md5(entity) END;
@@ -2025,10 +2102,10 @@ BEGIN
                                          get_byte(b, 4) << 8 | get_byte(b, 5), get_byte(b, 9) << 8 | get_byte(b, 10),
                                          get_byte(b, 11) << 8 | get_byte(b, 12), get_byte(b, 13) << 8 | get_byte(b, 14)] LOOP
                     CONTINUE WHEN v >= 65000;
-                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
+                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
                     SELECT p * 1000000 + v % 5000 * 200 + get_byte(r.shard_key, 200 + ((x.shard
                                - get_byte(r.shard_key, 400 + v % 5000 % 100) - get_byte(r.shard_key, 500 + v % 5000 / 100)) % 200 + 400) % 200),
-                           CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, x.holder
+                           CASE WHEN bind THEN now() END, tbl, statement_timestamp(), how, session_user, x.holder
                     FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix
                     WHERE x.prefix = p AND x.shard = st[j][1] AND x.holder = pg_current_xact_id() AND NOT x.deck
                       AND (r.name = entity OR NOT by_name)
@@ -2053,10 +2130,10 @@ BEGIN
     IF by_name THEN
         setting := set_config(cache, p::text, false);
     END IF;
-    RETURN (SELECT x FROM idmint._issue_entity_numbers(p, 1, how, bind) AS x);
+    RETURN (SELECT x FROM idmint._issue_entity_numbers(p, 1, how, bind, tbl => tbl) AS x);
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
+COMMENT ON FUNCTION idmint._issue_entity_number(text, text, oid) IS
     'One number of a type given as a one-digit text or a name (gen_entity_number, the trigger): from the shard this transaction holds while it has sparse room, else the general path';
 
 
@@ -2065,7 +2142,8 @@ COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
 -- returns them in random order. `how` goes to the audit; `bind` marks the numbers as
 -- carried by an app row already (the trigger's own numbers).
 CREATE FUNCTION idmint._issue_entity_numbers(prefix integer, n integer, how text, bind boolean DEFAULT false,
-                                            avoid integer[] DEFAULT '{}', asked integer DEFAULT NULL)
+                                            avoid integer[] DEFAULT '{}', asked integer DEFAULT NULL,
+                                            tbl oid DEFAULT NULL)
 RETURNS SETOF text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2232,8 +2310,8 @@ BEGIN
                 setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
                 -- Inserted now: a shard taken in phase 6 counts them among this
                 -- transaction's rows (see _entity_mine and the fold).
-                INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-                SELECT x, bound, ts, how, who, me FROM unnest(got_nums) AS x ORDER BY x;
+                INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+                SELECT x, bound, tbl, ts, how, who, me FROM unnest(got_nums) AS x ORDER BY x;
                 has_rows := true;
                 stolen := got_nums;
                 want := want - cardinality(got_nums);
@@ -2436,8 +2514,8 @@ BEGIN
         st[j][3] := st[j][3] + k;
     END LOOP;
     -- One insert, in number order (index locality); the caller gets draw order.
-    INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    SELECT x, bound, ts, how, who, me FROM unnest(nums) AS x ORDER BY x;
+    INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+    SELECT x, bound, tbl, ts, how, who, me FROM unnest(nums) AS x ORDER BY x;
     FOR j IN 1 .. coalesce(array_length(late, 1), 0) LOOP
         PERFORM idmint._entity_build_deck(p, late[j][1], key, late[j][2]);
     END LOOP;
@@ -2462,11 +2540,11 @@ BEGIN
         -- phase 6, so it takes other shards, steals or waits, and decides ID005 there
         -- (which aborts this statement: nothing is registered).
         RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(p, short, how, bind, avoid || short_shards,
-                                                                 coalesce(asked, n)) AS x;
+                                                                 coalesce(asked, n), tbl) AS x;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[], integer) IS
+COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[], integer, oid) IS
     'Issue n numbers of a type from shards this transaction holds (SKIP LOCKED: never waits while enough free numbers are not held by others), uniform within each shard; ID005 (nothing issued) if fewer are free on committed state';
 
 -- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
@@ -2689,7 +2767,7 @@ BEGIN
     IF entity IS NULL OR entity NOT BETWEEN 1 AND 9 THEN
         PERFORM idmint._entity_prefix(entity);  -- ID003
     END IF;
-    RETURN idmint._issue_entity_number(entity::text, 'gen', false);
+    RETURN idmint._issue_entity_number(entity::text, 'gen', NULL);
 END
 $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(integer) IS
@@ -2700,7 +2778,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN idmint._issue_entity_number(entity, 'gen', false);
+    RETURN idmint._issue_entity_number(entity, 'gen', NULL);
 END
 $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
@@ -2750,7 +2828,8 @@ COMMENT ON FUNCTION idmint._entity_take_card(integer, integer, integer) IS
 -- (never probes), so the claim takes the number's card like a stealing call (entity_steals)
 -- and waits only while another transaction is taking that card; a deadlock there (the
 -- other waits for this one) is ID004: the number is being issued by another transaction.
-CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false)
+CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false,
+                                           tbl oid DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2794,7 +2873,7 @@ BEGIN
                 -- A spare of this transaction that no call handed out: claimed now.
                 UPDATE idmint.entity_numbers e
                 SET issued_at = statement_timestamp(), how = _claim_entity_number.how,
-                    bound_at = CASE WHEN bind THEN now() END
+                    bound_at = CASE WHEN bind THEN now() END, bound_to = CASE WHEN bind THEN tbl END
                 WHERE e.number = v;
                 PERFORM idmint._durable();
                 RETURN number;
@@ -2820,8 +2899,8 @@ BEGIN
             INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n) VALUES (p, s, me, 1)
             ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + 1;
             setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
-            INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-            VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
+            INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+            VALUES (v, CASE WHEN bind THEN now() END, CASE WHEN bind THEN tbl END, statement_timestamp(), how, session_user, me);
             PERFORM idmint._durable();
             RETURN number;
         END IF;
@@ -2850,8 +2929,8 @@ BEGIN
         -- committed, the insert below meets its number.
         PERFORM idmint._entity_take_card(p, s, v);
     END IF;
-    INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me)
+    INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+    VALUES (v, CASE WHEN bind THEN now() END, CASE WHEN bind THEN tbl END, statement_timestamp(), how, session_user, me)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
@@ -2873,7 +2952,7 @@ BEGIN
     RETURN number;
 END
 $$;
-COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean) IS
+COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean, oid) IS
     'Register a given entity number in its shard (waits while another open transaction holds the shard). ID003 malformed/other type, ID004 issued, ID008 unregistered';
 
 -- Un-issue numbers that this transaction issued (an upsert's proposed row was not stored):
@@ -3124,11 +3203,17 @@ BEGIN
         PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must not be NULL');
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
+    ELSIF array_ndims(numbers) > 1 THEN
+        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must be a one-dimensional array');
+    ELSIF array_lower(numbers, 1) <> 1 THEN
+        -- The result keeps the caller's order; its positions are counted from 1 below.
+        numbers := ARRAY(SELECT u.x FROM unnest(numbers) WITH ORDINALITY AS u(x, o) ORDER BY u.o);
+        result := numbers;
     END IF;
     IF numbers = ARRAY[NULL::text] THEN
         -- A row trigger's usual case: one new number; _issue_entity_number resolves the
         -- type itself (ID003 / ID008 as below), one nested call fewer per row.
-        result[1] := idmint._issue_entity_number(entity, how, true);
+        result[1] := idmint._issue_entity_number(entity, how, tbl);
         INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
         VALUES ('entity', result[1]::integer, tbl, col, result[1], 'new', false, how = 'backfill');
         RETURN result;
@@ -3139,9 +3224,9 @@ BEGIN
     IF array_position(numbers, NULL) IS NOT NULL THEN
         new_count := cardinality(numbers) - cardinality(array_remove(numbers, NULL));
         IF new_count = 1 THEN
-            fresh := ARRAY[idmint._issue_entity_number(p::text, how, true)];  -- a row trigger's case
+            fresh := ARRAY[idmint._issue_entity_number(p::text, how, tbl)];  -- a row trigger's case
         ELSE
-            fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, new_count, how, true) AS x);
+            fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, new_count, how, true, tbl => tbl) AS x);
         END IF;
         i := 0;
         FOR k IN 1 .. cardinality(numbers) LOOP
@@ -3181,7 +3266,7 @@ BEGIN
             RETURNING x.number
         ), newly AS (
             UPDATE idmint.entity_numbers e
-            SET bound_at = clock_timestamp(),
+            SET bound_at = clock_timestamp(), bound_to = bind_entity_numbers.tbl,
                 how = CASE WHEN e.number = ANY (spared) THEN 'bind' ELSE e.how END,
                 issued_at = CASE WHEN e.number = ANY (spared) THEN statement_timestamp() ELSE e.issued_at END
             WHERE e.number = ANY (wanted) AND e.bound_at IS NULL
@@ -3210,7 +3295,7 @@ BEGIN
           AND NOT coalesce(CASE WHEN x ~ '^[1-9][0-9]{6}$' THEN x::integer = ANY (bound) END, false)
     LOOP
         -- Never issued (or malformed / of another type: the claim raises ID003/ID008).
-        PERFORM idmint._claim_entity_number(bad, p, 'bind', true);
+        PERFORM idmint._claim_entity_number(bad, p, 'bind', true, tbl);
         INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
         VALUES ('entity', bad::integer, tbl, col, bad, 'claimed', false);
     END LOOP;
@@ -3229,8 +3314,17 @@ BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         RETURN;  -- a value idmint never issued carries nothing to unbind
     END IF;
-    UPDATE idmint.entity_numbers e SET bound_at = NULL
-    WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL;
+    -- Only a binding to this table, and only for a session that may delete its rows: a
+    -- row of another table may carry the number (an app that names another table, or
+    -- whose cast misstates OLD, must not free it). A table gone since (dropped, or
+    -- rebuilt under its name) unbinds from the table named.
+    IF NOT idmint._may_change(tbl, 'DELETE') THEN
+        RETURN;
+    END IF;
+    UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL
+    WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL
+      AND (e.bound_to = unbind_entity_number.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.bound_to));
     IF FOUND THEN
         PERFORM idmint._pend_binding('entity', NULL, number::integer, tbl, col, number, 'bound');
     END IF;
@@ -3248,8 +3342,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
-        RETURN;  -- a value idmint never issued carries no binding
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' OR NOT idmint._may_change(tbl, 'UPDATE') THEN
+        RETURN;  -- a value idmint never issued carries no binding (or not this session's row)
     END IF;
     DELETE FROM idmint.pending_bindings b
     WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity' AND b.number = keep_entity_number.number::integer;
@@ -3264,13 +3358,30 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     col constant text := TG_ARGV[0];
-    tbl constant regclass := idmint._binding_table(TG_RELID);
+    -- As idmint._binding_table, written out: each call of a pinned function costs a GUC
+    -- nest level per row (about a fifth of a trigger row with the check below).
+    tbl constant regclass := coalesce(pg_partition_root(TG_RELID), TG_RELID::regclass);
     new_row jsonb;
+    old_value jsonb;
+    new_value jsonb;
+    padded boolean;
     old_number text;
     new_number text;
+    given text;
 BEGIN
+    -- A number as the column holds it: numeric(p, s) has a fraction of zeros, char(n)
+    -- pads it with blanks (only char(n): in any other column a blank is part of the value,
+    -- which is then malformed); bind, unbind and keep expect its 7 digits.
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        old_number := to_jsonb(OLD) ->> col;
+        old_value := to_jsonb(OLD) -> col;
+        old_number := CASE WHEN jsonb_typeof(old_value) = 'number' AND old_value::numeric = trunc(old_value::numeric)
+                           THEN trunc(old_value::numeric)::text ELSE old_value #>> '{}' END;
+        IF right(old_number, 1) = ' ' THEN
+            padded := idmint._char_column(TG_RELID, col);
+            IF padded THEN
+                old_number := rtrim(old_number, ' ');
+            END IF;
+        END IF;
     END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, to_jsonb(OLD), TG_ARGV[0:0], TG_NARGS);
@@ -3279,8 +3390,20 @@ BEGIN
     END IF;
 
     new_row := to_jsonb(NEW);
-    PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, new_row, TG_ARGV[0:0], TG_NARGS);
-    new_number := new_row ->> col;
+    -- The checks of _trigger_columns, which is called only to raise.
+    IF TG_LEVEL IS DISTINCT FROM 'ROW' OR TG_WHEN IS DISTINCT FROM 'BEFORE' OR TG_NARGS <> 2
+       OR col IS NULL OR NOT new_row ? col THEN
+        PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, new_row, TG_ARGV[0:0], TG_NARGS);
+    END IF;
+    new_value := new_row -> col;
+    new_number := CASE WHEN jsonb_typeof(new_value) = 'number' AND new_value::numeric = trunc(new_value::numeric)
+                       THEN trunc(new_value::numeric)::text ELSE new_value #>> '{}' END;
+    IF right(new_number, 1) = ' ' THEN
+        padded := coalesce(padded, idmint._char_column(TG_RELID, col));
+        IF padded THEN
+            new_number := rtrim(new_number, ' ');
+        END IF;
+    END IF;
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
@@ -3289,8 +3412,9 @@ BEGIN
     IF TG_OP = 'UPDATE' AND old_number IS NOT NULL THEN
         PERFORM idmint.keep_entity_number(tbl, col, old_number);
     END IF;
-    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
-    IF new_number IS DISTINCT FROM new_row ->> col THEN
+    given := new_number;
+    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[given]))[1];
+    IF new_number IS DISTINCT FROM given THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
     END IF;
     RETURN NEW;
@@ -3443,23 +3567,35 @@ DECLARE
     schema_name name;
     table_name name;
     hidden boolean;
+    type_schema name;
+    type_name name;
+    json_typed boolean;
     hits bigint[];
 BEGIN
-    SELECT n.nspname, c.relname, c.relrowsecurity INTO schema_name, table_name, hidden
+    SELECT n.nspname, c.relname, c.relrowsecurity, tn.nspname, ty.typname,
+           'json'::regtype IN (ty.oid, ty.typbasetype) OR 'jsonb'::regtype IN (ty.oid, ty.typbasetype)
+    INTO schema_name, table_name, hidden, type_schema, type_name, json_typed
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+    JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace
     WHERE c.oid = tbl;
     IF NOT FOUND OR hidden THEN
         RETURN ids;  -- gone, or row-level security may hide stored rows from this role
     END IF;
-    -- The value is cast to the column's own type through the row type, so the column's
-    -- index (and its own equality) is used.
-    EXECUTE format($q$
-        SELECT coalesce(array_agg(p.id), '{}')
-        FROM unnest($1, $2) AS p(id, v)
-        WHERE EXISTS (SELECT FROM %1$I.%2$I t
-                      WHERE t.%3$I = (jsonb_populate_record(NULL::%1$I.%2$I, jsonb_build_object($3, p.v))).%3$I)
-        $q$, schema_name, table_name, col)
-        INTO hits USING ids, vals, col;
+    -- The value is cast to the column's own type (its typmod does not matter for the
+    -- comparison), so the column's index and its own equality are used. Not through
+    -- the row type: building a whole row checks every domain column, and a NOT NULL domain
+    -- on another column made the look-up fail (and keep every binding).
+    -- A json or jsonb column holds the number as a JSON string (the value the trigger
+    -- wrote through jsonb_populate_record), which a cast of the text would not give.
+    EXECUTE format(CASE WHEN json_typed
+                        THEN $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I::jsonb = to_jsonb(p.v))$q$
+                        ELSE $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I = CAST(p.v AS %4$I.%5$I))$q$ END,
+                   schema_name, table_name, col, type_schema, type_name)
+        INTO hits USING ids, vals;
     RETURN hits;
 EXCEPTION WHEN OTHERS THEN
     -- At commit, keeping is always safe and failing the commit is not: whatever went
@@ -3495,18 +3631,20 @@ BEGIN
         END IF;
         IF p.pending_id = ANY (stored) THEN
             IF p.kind = 'driver' THEN
-                UPDATE idmint.driver_numbers d SET bound = true
-                WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.state = 'assigned' AND NOT d.bound;
+                UPDATE idmint.driver_numbers d SET bound = true, bound_to = p.tbl
+                WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.state = 'assigned'
+                  AND (NOT d.bound OR d.bound_to IS DISTINCT FROM p.tbl);
             ELSE
-                UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
-                WHERE e.number = p.number AND e.bound_at IS NULL;
+                UPDATE idmint.entity_numbers e
+                SET bound_at = coalesce(e.bound_at, clock_timestamp()), bound_to = p.tbl
+                WHERE e.number = p.number AND (e.bound_at IS NULL OR e.bound_to IS DISTINCT FROM p.tbl);
             END IF;
         ELSIF p.stored OR p.origin IN ('unbound', 'bound') THEN
             IF p.kind = 'driver' THEN
-                UPDATE idmint.driver_numbers d SET bound = false
+                UPDATE idmint.driver_numbers d SET bound = false, bound_to = NULL
                 WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.bound;
             ELSE
-                UPDATE idmint.entity_numbers e SET bound_at = NULL WHERE e.number = p.number;
+                UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL WHERE e.number = p.number;
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
@@ -3514,13 +3652,13 @@ BEGIN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
             SET state = 'free', assigned_at = NULL, request_key = NULL, reserved_by = NULL,
-                holder_named = false, bound = false
+                holder_named = false, bound = false, bound_to = NULL
             WHERE d.fleet_id = p.fleet_id AND d.number = p.number;
             UPDATE idmint.fleets f SET assigned = f.assigned - 1, unassigned = f.unassigned + 1
             WHERE f.fleet_id = p.fleet_id;
         ELSE  -- reserved: the reservation is back as it was
             UPDATE idmint.driver_numbers d
-            SET state = 'reserved', assigned_at = NULL, bound = false,
+            SET state = 'reserved', assigned_at = NULL, bound = false, bound_to = NULL,
                 reserved_at = (p.prior ->> 'reserved_at')::timestamptz,
                 expires_at = (p.prior ->> 'expires_at')::timestamptz,
                 how = p.prior ->> 'how', issued_by = p.prior ->> 'issued_by',
@@ -3984,6 +4122,7 @@ GRANT EXECUTE ON FUNCTION
     idmint._trigger_columns(text, text, text, jsonb, text[], integer),
     idmint._driver_id_unchanged(text, text, text, text),
     idmint._binding_table(oid),
+    idmint._char_column(oid, text),
     idmint._pending_bindings(bigint),
     idmint._rows_exist(oid, text, bigint[], text[]),
     idmint._backfill_target(regclass, text)

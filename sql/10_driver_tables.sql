@@ -49,6 +49,9 @@ CREATE TABLE idmint.driver_numbers (
     application_name text,
     how              text,        -- next, bulk, reserve, confirm
     bound            boolean     NOT NULL DEFAULT false,  -- an app row carries it (trigger)
+    -- That row's table (partition root), set when the binding is settled at commit: only a
+    -- DELETE from it unbinds the id.
+    bound_to         oid,
     PRIMARY KEY (fleet_id, number)
 );
 COMMENT ON TABLE idmint.driver_numbers IS 'Every driver number issued, reserved or freed, per fleet';

@@ -73,8 +73,10 @@ SELECT r.prefix, s FROM idmint.entity_ranges r, generate_series(0, 199) s;
 -- re-reads each CHECK expression (measured: a tenth of the per-row cost of a DEFAULT).
 CREATE TABLE idmint.entity_numbers (
     number      integer     PRIMARY KEY,  -- 1000000..9999999
-    -- Set when a row of an app table carries the number (trigger assign_entity_number).
+    -- Set when a row of an app table carries the number (trigger assign_entity_number),
+    -- and that table (its partition root): only a DELETE from it unbinds the number.
     bound_at    timestamptz,
+    bound_to    oid,
     issued_at   timestamptz NOT NULL,
     how         text        NOT NULL,  -- gen, claim, bind (by the trigger), backfill
     issued_by   text        NOT NULL,

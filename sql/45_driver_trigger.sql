@@ -56,6 +56,33 @@ COMMENT ON FUNCTION idmint._driver_id_unchanged(text, text, text, text) IS
 
 -- The table a binding is checked against at commit: the root of a partition tree, so a
 -- row that moves between partitions is still found.
+-- Whether this session may write rows of tbl (`what`: DELETE or UPDATE) as the role it
+-- acts as (SET ROLE, else its login role): the unbinding helpers run as idmint's owner
+-- and are public, so a role that could not delete a row must not free its number. (An
+-- app's own SECURITY DEFINER function deleting for a role that may not: the number stays
+-- bound.)
+CREATE FUNCTION idmint._may_change(tbl regclass, what text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT has_table_privilege(CASE current_setting('role') WHEN 'none' THEN session_user
+                                    ELSE current_setting('role') END, tbl, what)
+$$;
+COMMENT ON FUNCTION idmint._may_change(regclass, text) IS
+    'Whether the session''s role may DELETE or UPDATE rows of tbl (for the unbinding helpers)';
+
+-- Whether a column is char(n) (or a domain over it), whose values come blank-padded.
+CREATE FUNCTION idmint._char_column(rel oid, col text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                   LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype
+                   WHERE a.attrelid = rel AND a.attname = col AND 'bpchar' IN (t.typname, b.typname))
+$$;
+COMMENT ON FUNCTION idmint._char_column(oid, text) IS
+    'Whether a table column is char(n) or a domain over it (its values come blank-padded)';
+
 CREATE FUNCTION idmint._binding_table(rel oid) RETURNS regclass
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -173,12 +200,22 @@ DECLARE
     target record;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF NOT idmint.is_valid_driver_id(driver_id) THEN
+    driver_id := rtrim(driver_id, ' ');  -- (a char(n) column pads it)
+    IF NOT idmint.is_valid_driver_id(driver_id) OR NOT idmint._may_change(tbl, 'DELETE') THEN
         RETURN;  -- a row whose value idmint never issued carries nothing to unbind
     END IF;
     target := idmint._lock_fleet_of(driver_id);
-    UPDATE idmint.driver_numbers x SET bound = false
-    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound;
+    -- Only a binding to this table (settled, or made in this transaction): a row of another
+    -- table may carry the id (an app that names another table must not free it).
+    UPDATE idmint.driver_numbers x SET bound = false, bound_to = NULL
+    WHERE x.fleet_id = target.fleet_id AND x.number = target.number AND x.bound
+      AND (x.bound_to = unbind_driver_id.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = x.bound_to)
+           OR (x.bound_to IS NULL
+               AND EXISTS (SELECT FROM idmint.pending_bindings b
+                           WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'driver'
+                             AND b.fleet_id = x.fleet_id AND b.number = x.number
+                             AND b.tbl = unbind_driver_id.tbl)));
     IF FOUND THEN
         PERFORM idmint._pend_binding('driver', target.fleet_id, target.number, tbl, col,
                                      idmint._format_driver_id(target.number, target.code), 'bound');
@@ -213,10 +250,17 @@ BEGIN
     new_row := to_jsonb(NEW);
     PERFORM idmint._trigger_columns('assign_driver_id', TG_LEVEL, TG_WHEN, new_row, TG_ARGV, TG_NARGS);
     new_id := new_row ->> id_col;
+    IF right(new_id, 1) = ' ' AND idmint._char_column(TG_RELID, id_col) THEN
+        new_id := rtrim(new_id, ' ');  -- a char(n) column pads it (unbind_driver_id trims too)
+        new_row := jsonb_set(new_row, ARRAY[id_col], to_jsonb(new_id));
+    END IF;
 
     IF TG_OP = 'UPDATE' THEN
         old_row := to_jsonb(OLD);
         old_id := old_row ->> id_col;
+        IF right(old_id, 1) = ' ' AND idmint._char_column(TG_RELID, id_col) THEN
+            old_id := rtrim(old_id, ' ');
+        END IF;
         IF old_id IS NOT NULL THEN
             PERFORM idmint._driver_id_unchanged(old_id, new_id, old_row ->> fleet_col, new_row ->> fleet_col);
             RETURN NEW;

@@ -313,6 +313,9 @@ COMMENT ON FUNCTION idmint._entity_take_one(integer, integer[], boolean) IS
 -- Under REPEATABLE READ or SERIALIZABLE a shard counted into after the snapshot makes the
 -- statement fail with 40001: then the candidates are taken one by one in the same weighted
 -- order, each in a subtransaction, and those that raise 40001 are passed over.
+-- SERIALIZABLE's own 40001 (read/write dependencies, its DETAIL an untranslated "Reason
+-- code: ...") is raised at once instead: it fails every candidate alike, and passing over
+-- all 200 led into the waiting phase.
 CREATE FUNCTION idmint._entity_take_weighted(prefix integer, held integer[], lim integer, kk integer,
                                              has_rows boolean, guarded boolean DEFAULT false)
 RETURNS integer[]
@@ -326,11 +329,18 @@ DECLARE
     one integer[];
     stolen boolean;
     c record;
+    detail text;
+    hint text;
 BEGIN
     IF NOT guarded AND current_setting('transaction_isolation') <> 'read committed' THEN
         BEGIN
             RETURN idmint._entity_take_weighted(p, held, lim, kk, has_rows, true);
         EXCEPTION WHEN serialization_failure THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+            -- SERIALIZABLE's read/write dependencies: no shard would do (see below)
+            IF detail LIKE 'Reason code:%' THEN
+                RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+            END IF;
             NULL;  -- one of them was counted into after this snapshot
         END;
         FOR c IN
@@ -348,6 +358,11 @@ BEGIN
                     taken := coalesce(taken, '{}') || one;
                 END IF;
             EXCEPTION WHEN serialization_failure THEN
+                GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+                -- see above
+                IF detail LIKE 'Reason code:%' THEN
+                    RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+                END IF;
                 NULL;  -- counted into after this snapshot: pass over it
             END;
         END LOOP;
@@ -404,6 +419,8 @@ AS $$
 DECLARE
     got integer[];
     c record;
+    detail text;
+    hint text;
 BEGIN
     IF NOT wait AND current_setting('transaction_isolation') = 'read committed' THEN
         SELECT array_agg(z.number ORDER BY z.u) INTO got
@@ -426,6 +443,11 @@ BEGIN
                       ORDER BY 2 LIMIT k FOR UPDATE OF f SKIP LOCKED) z;
             END IF;
         EXCEPTION WHEN serialization_failure THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+            -- as in _entity_take_weighted
+            IF detail LIKE 'Reason code:%' THEN
+                RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+            END IF;
             got := '{}';
             FOR c IN SELECT f.number FROM idmint.entity_free f WHERE f.prefix = p AND f.shard = s
                      ORDER BY gen_random_uuid() LOOP
@@ -442,6 +464,11 @@ BEGIN
                         got := got || c.number;
                     END IF;
                 EXCEPTION WHEN serialization_failure THEN
+                    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+                    -- as above
+                    IF detail LIKE 'Reason code:%' THEN
+                        RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = SQLERRM, DETAIL = detail, HINT = hint;
+                    END IF;
                     NULL;  -- taken and committed after this snapshot
                 END;
             END LOOP;
@@ -607,11 +634,12 @@ COMMENT ON FUNCTION idmint._entity_draw_spares(integer, integer, integer, text, 
 -- One small statement and no nested idmint call on purpose: on PostgreSQL 15 every call
 -- of a function that pins search_path costs about as much as the insert, and a statement
 -- costs mostly its executor start-up (docs/DESIGN.md).
-CREATE FUNCTION idmint._issue_entity_number(entity text, how text, bind boolean) RETURNS text
+CREATE FUNCTION idmint._issue_entity_number(entity text, how text, tbl oid) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    bind constant boolean := tbl IS NOT NULL;  -- issued bound to a row of tbl (the trigger)
     by_name constant boolean := entity !~ '^[0-9]$';
     -- A type name's prefix, cached per session (checked by the insert, so never trusted).
     cache constant text := CASE WHEN by_name THEN 'idmint.entity_type_' || md5(entity) END;
@@ -688,10 +716,10 @@ BEGIN
                                          get_byte(b, 4) << 8 | get_byte(b, 5), get_byte(b, 9) << 8 | get_byte(b, 10),
                                          get_byte(b, 11) << 8 | get_byte(b, 12), get_byte(b, 13) << 8 | get_byte(b, 14)] LOOP
                     CONTINUE WHEN v >= 65000;
-                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, issued_at, how, issued_by, issued_xid)
+                    INSERT INTO idmint.entity_numbers AS e (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
                     SELECT p * 1000000 + v % 5000 * 200 + get_byte(r.shard_key, 200 + ((x.shard
                                - get_byte(r.shard_key, 400 + v % 5000 % 100) - get_byte(r.shard_key, 500 + v % 5000 / 100)) % 200 + 400) % 200),
-                           CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, x.holder
+                           CASE WHEN bind THEN now() END, tbl, statement_timestamp(), how, session_user, x.holder
                     FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix
                     WHERE x.prefix = p AND x.shard = st[j][1] AND x.holder = pg_current_xact_id() AND NOT x.deck
                       AND (r.name = entity OR NOT by_name)
@@ -716,10 +744,10 @@ BEGIN
     IF by_name THEN
         setting := set_config(cache, p::text, false);
     END IF;
-    RETURN (SELECT x FROM idmint._issue_entity_numbers(p, 1, how, bind) AS x);
+    RETURN (SELECT x FROM idmint._issue_entity_numbers(p, 1, how, bind, tbl => tbl) AS x);
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
+COMMENT ON FUNCTION idmint._issue_entity_number(text, text, oid) IS
     'One number of a type given as a one-digit text or a name (gen_entity_number, the trigger): from the shard this transaction holds while it has sparse room, else the general path';
 
 
@@ -728,7 +756,8 @@ COMMENT ON FUNCTION idmint._issue_entity_number(text, text, boolean) IS
 -- returns them in random order. `how` goes to the audit; `bind` marks the numbers as
 -- carried by an app row already (the trigger's own numbers).
 CREATE FUNCTION idmint._issue_entity_numbers(prefix integer, n integer, how text, bind boolean DEFAULT false,
-                                            avoid integer[] DEFAULT '{}', asked integer DEFAULT NULL)
+                                            avoid integer[] DEFAULT '{}', asked integer DEFAULT NULL,
+                                            tbl oid DEFAULT NULL)
 RETURNS SETOF text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -895,8 +924,8 @@ BEGIN
                 setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
                 -- Inserted now: a shard taken in phase 6 counts them among this
                 -- transaction's rows (see _entity_mine and the fold).
-                INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-                SELECT x, bound, ts, how, who, me FROM unnest(got_nums) AS x ORDER BY x;
+                INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+                SELECT x, bound, tbl, ts, how, who, me FROM unnest(got_nums) AS x ORDER BY x;
                 has_rows := true;
                 stolen := got_nums;
                 want := want - cardinality(got_nums);
@@ -1099,8 +1128,8 @@ BEGIN
         st[j][3] := st[j][3] + k;
     END LOOP;
     -- One insert, in number order (index locality); the caller gets draw order.
-    INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    SELECT x, bound, ts, how, who, me FROM unnest(nums) AS x ORDER BY x;
+    INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+    SELECT x, bound, tbl, ts, how, who, me FROM unnest(nums) AS x ORDER BY x;
     FOR j IN 1 .. coalesce(array_length(late, 1), 0) LOOP
         PERFORM idmint._entity_build_deck(p, late[j][1], key, late[j][2]);
     END LOOP;
@@ -1125,11 +1154,11 @@ BEGIN
         -- phase 6, so it takes other shards, steals or waits, and decides ID005 there
         -- (which aborts this statement: nothing is registered).
         RETURN QUERY SELECT x FROM idmint._issue_entity_numbers(p, short, how, bind, avoid || short_shards,
-                                                                 coalesce(asked, n)) AS x;
+                                                                 coalesce(asked, n), tbl) AS x;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[], integer) IS
+COMMENT ON FUNCTION idmint._issue_entity_numbers(integer, integer, text, boolean, integer[], integer, oid) IS
     'Issue n numbers of a type from shards this transaction holds (SKIP LOCKED: never waits while enough free numbers are not held by others), uniform within each shard; ID005 (nothing issued) if fewer are free on committed state';
 
 -- Count a transaction's numbers into its shards, at commit (deferred trigger, queued when
@@ -1352,7 +1381,7 @@ BEGIN
     IF entity IS NULL OR entity NOT BETWEEN 1 AND 9 THEN
         PERFORM idmint._entity_prefix(entity);  -- ID003
     END IF;
-    RETURN idmint._issue_entity_number(entity::text, 'gen', false);
+    RETURN idmint._issue_entity_number(entity::text, 'gen', NULL);
 END
 $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(integer) IS
@@ -1363,7 +1392,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN idmint._issue_entity_number(entity, 'gen', false);
+    RETURN idmint._issue_entity_number(entity, 'gen', NULL);
 END
 $$;
 COMMENT ON FUNCTION idmint.gen_entity_number(text) IS
@@ -1413,7 +1442,8 @@ COMMENT ON FUNCTION idmint._entity_take_card(integer, integer, integer) IS
 -- (never probes), so the claim takes the number's card like a stealing call (entity_steals)
 -- and waits only while another transaction is taking that card; a deadlock there (the
 -- other waits for this one) is ID004: the number is being issued by another transaction.
-CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false)
+CREATE FUNCTION idmint._claim_entity_number(number text, wanted integer, how text, bind boolean DEFAULT false,
+                                           tbl oid DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1457,7 +1487,7 @@ BEGIN
                 -- A spare of this transaction that no call handed out: claimed now.
                 UPDATE idmint.entity_numbers e
                 SET issued_at = statement_timestamp(), how = _claim_entity_number.how,
-                    bound_at = CASE WHEN bind THEN now() END
+                    bound_at = CASE WHEN bind THEN now() END, bound_to = CASE WHEN bind THEN tbl END
                 WHERE e.number = v;
                 PERFORM idmint._durable();
                 RETURN number;
@@ -1483,8 +1513,8 @@ BEGIN
             INSERT INTO idmint.entity_steals AS t (prefix, shard, xid, n) VALUES (p, s, me, 1)
             ON CONFLICT ON CONSTRAINT entity_steals_pkey DO UPDATE SET n = t.n + 1;
             setting := set_config('idmint.entity_alerted_' || p, '', true);  -- a check is due again
-            INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-            VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me);
+            INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+            VALUES (v, CASE WHEN bind THEN now() END, CASE WHEN bind THEN tbl END, statement_timestamp(), how, session_user, me);
             PERFORM idmint._durable();
             RETURN number;
         END IF;
@@ -1513,8 +1543,8 @@ BEGIN
         -- committed, the insert below meets its number.
         PERFORM idmint._entity_take_card(p, s, v);
     END IF;
-    INSERT INTO idmint.entity_numbers (number, bound_at, issued_at, how, issued_by, issued_xid)
-    VALUES (v, CASE WHEN bind THEN now() END, statement_timestamp(), how, session_user, me)
+    INSERT INTO idmint.entity_numbers (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
+    VALUES (v, CASE WHEN bind THEN now() END, CASE WHEN bind THEN tbl END, statement_timestamp(), how, session_user, me)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         PERFORM idmint._error('already_taken', format('entity number %s is already issued', number),
@@ -1536,7 +1566,7 @@ BEGIN
     RETURN number;
 END
 $$;
-COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean) IS
+COMMENT ON FUNCTION idmint._claim_entity_number(text, integer, text, boolean, oid) IS
     'Register a given entity number in its shard (waits while another open transaction holds the shard). ID003 malformed/other type, ID004 issued, ID008 unregistered';
 
 -- Un-issue numbers that this transaction issued (an upsert's proposed row was not stored):

@@ -27,11 +27,17 @@ BEGIN
         PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must not be NULL');
     ELSIF how IS NULL OR how NOT IN ('bind', 'backfill') THEN
         PERFORM idmint._error('invalid_argument', format('bind_entity_numbers(): how %L is not bind or backfill', how));
+    ELSIF array_ndims(numbers) > 1 THEN
+        PERFORM idmint._error('invalid_argument', 'bind_entity_numbers(): numbers must be a one-dimensional array');
+    ELSIF array_lower(numbers, 1) <> 1 THEN
+        -- The result keeps the caller's order; its positions are counted from 1 below.
+        numbers := ARRAY(SELECT u.x FROM unnest(numbers) WITH ORDINALITY AS u(x, o) ORDER BY u.o);
+        result := numbers;
     END IF;
     IF numbers = ARRAY[NULL::text] THEN
         -- A row trigger's usual case: one new number; _issue_entity_number resolves the
         -- type itself (ID003 / ID008 as below), one nested call fewer per row.
-        result[1] := idmint._issue_entity_number(entity, how, true);
+        result[1] := idmint._issue_entity_number(entity, how, tbl);
         INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored, awaiting_row)
         VALUES ('entity', result[1]::integer, tbl, col, result[1], 'new', false, how = 'backfill');
         RETURN result;
@@ -42,9 +48,9 @@ BEGIN
     IF array_position(numbers, NULL) IS NOT NULL THEN
         new_count := cardinality(numbers) - cardinality(array_remove(numbers, NULL));
         IF new_count = 1 THEN
-            fresh := ARRAY[idmint._issue_entity_number(p::text, how, true)];  -- a row trigger's case
+            fresh := ARRAY[idmint._issue_entity_number(p::text, how, tbl)];  -- a row trigger's case
         ELSE
-            fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, new_count, how, true) AS x);
+            fresh := ARRAY(SELECT x FROM idmint._issue_entity_numbers(p, new_count, how, true, tbl => tbl) AS x);
         END IF;
         i := 0;
         FOR k IN 1 .. cardinality(numbers) LOOP
@@ -84,7 +90,7 @@ BEGIN
             RETURNING x.number
         ), newly AS (
             UPDATE idmint.entity_numbers e
-            SET bound_at = clock_timestamp(),
+            SET bound_at = clock_timestamp(), bound_to = bind_entity_numbers.tbl,
                 how = CASE WHEN e.number = ANY (spared) THEN 'bind' ELSE e.how END,
                 issued_at = CASE WHEN e.number = ANY (spared) THEN statement_timestamp() ELSE e.issued_at END
             WHERE e.number = ANY (wanted) AND e.bound_at IS NULL
@@ -113,7 +119,7 @@ BEGIN
           AND NOT coalesce(CASE WHEN x ~ '^[1-9][0-9]{6}$' THEN x::integer = ANY (bound) END, false)
     LOOP
         -- Never issued (or malformed / of another type: the claim raises ID003/ID008).
-        PERFORM idmint._claim_entity_number(bad, p, 'bind', true);
+        PERFORM idmint._claim_entity_number(bad, p, 'bind', true, tbl);
         INSERT INTO idmint.pending_bindings (kind, number, tbl, col, value, origin, stored)
         VALUES ('entity', bad::integer, tbl, col, bad, 'claimed', false);
     END LOOP;
@@ -132,8 +138,17 @@ BEGIN
     IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
         RETURN;  -- a value idmint never issued carries nothing to unbind
     END IF;
-    UPDATE idmint.entity_numbers e SET bound_at = NULL
-    WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL;
+    -- Only a binding to this table, and only for a session that may delete its rows: a
+    -- row of another table may carry the number (an app that names another table, or
+    -- whose cast misstates OLD, must not free it). A table gone since (dropped, or
+    -- rebuilt under its name) unbinds from the table named.
+    IF NOT idmint._may_change(tbl, 'DELETE') THEN
+        RETURN;
+    END IF;
+    UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL
+    WHERE e.number = unbind_entity_number.number::integer AND e.bound_at IS NOT NULL
+      AND (e.bound_to = unbind_entity_number.tbl
+           OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.bound_to));
     IF FOUND THEN
         PERFORM idmint._pend_binding('entity', NULL, number::integer, tbl, col, number, 'bound');
     END IF;
@@ -151,8 +166,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
-    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' THEN
-        RETURN;  -- a value idmint never issued carries no binding
+    IF number IS NULL OR number !~ '^[1-9][0-9]{6}$' OR NOT idmint._may_change(tbl, 'UPDATE') THEN
+        RETURN;  -- a value idmint never issued carries no binding (or not this session's row)
     END IF;
     DELETE FROM idmint.pending_bindings b
     WHERE b.xid = pg_current_xact_id_if_assigned() AND b.kind = 'entity' AND b.number = keep_entity_number.number::integer;
@@ -167,13 +182,30 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     col constant text := TG_ARGV[0];
-    tbl constant regclass := idmint._binding_table(TG_RELID);
+    -- As idmint._binding_table, written out: each call of a pinned function costs a GUC
+    -- nest level per row (about a fifth of a trigger row with the check below).
+    tbl constant regclass := coalesce(pg_partition_root(TG_RELID), TG_RELID::regclass);
     new_row jsonb;
+    old_value jsonb;
+    new_value jsonb;
+    padded boolean;
     old_number text;
     new_number text;
+    given text;
 BEGIN
+    -- A number as the column holds it: numeric(p, s) has a fraction of zeros, char(n)
+    -- pads it with blanks (only char(n): in any other column a blank is part of the value,
+    -- which is then malformed); bind, unbind and keep expect its 7 digits.
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        old_number := to_jsonb(OLD) ->> col;
+        old_value := to_jsonb(OLD) -> col;
+        old_number := CASE WHEN jsonb_typeof(old_value) = 'number' AND old_value::numeric = trunc(old_value::numeric)
+                           THEN trunc(old_value::numeric)::text ELSE old_value #>> '{}' END;
+        IF right(old_number, 1) = ' ' THEN
+            padded := idmint._char_column(TG_RELID, col);
+            IF padded THEN
+                old_number := rtrim(old_number, ' ');
+            END IF;
+        END IF;
     END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, to_jsonb(OLD), TG_ARGV[0:0], TG_NARGS);
@@ -182,8 +214,20 @@ BEGIN
     END IF;
 
     new_row := to_jsonb(NEW);
-    PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, new_row, TG_ARGV[0:0], TG_NARGS);
-    new_number := new_row ->> col;
+    -- The checks of _trigger_columns, which is called only to raise.
+    IF TG_LEVEL IS DISTINCT FROM 'ROW' OR TG_WHEN IS DISTINCT FROM 'BEFORE' OR TG_NARGS <> 2
+       OR col IS NULL OR NOT new_row ? col THEN
+        PERFORM idmint._trigger_columns('assign_entity_number', TG_LEVEL, TG_WHEN, new_row, TG_ARGV[0:0], TG_NARGS);
+    END IF;
+    new_value := new_row -> col;
+    new_number := CASE WHEN jsonb_typeof(new_value) = 'number' AND new_value::numeric = trunc(new_value::numeric)
+                       THEN trunc(new_value::numeric)::text ELSE new_value #>> '{}' END;
+    IF right(new_number, 1) = ' ' THEN
+        padded := coalesce(padded, idmint._char_column(TG_RELID, col));
+        IF padded THEN
+            new_number := rtrim(new_number, ' ');
+        END IF;
+    END IF;
     IF TG_OP = 'UPDATE' AND new_number IS NOT DISTINCT FROM old_number THEN
         RETURN NEW;  -- the number did not change (or the row has none and gets none)
     END IF;
@@ -192,8 +236,9 @@ BEGIN
     IF TG_OP = 'UPDATE' AND old_number IS NOT NULL THEN
         PERFORM idmint.keep_entity_number(tbl, col, old_number);
     END IF;
-    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[new_number]))[1];
-    IF new_number IS DISTINCT FROM new_row ->> col THEN
+    given := new_number;
+    new_number := (idmint.bind_entity_numbers(tbl, col, TG_ARGV[1], ARRAY[given]))[1];
+    IF new_number IS DISTINCT FROM given THEN
         NEW := jsonb_populate_record(NEW, jsonb_build_object(col, new_number));
     END IF;
     RETURN NEW;

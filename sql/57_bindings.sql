@@ -42,23 +42,35 @@ DECLARE
     schema_name name;
     table_name name;
     hidden boolean;
+    type_schema name;
+    type_name name;
+    json_typed boolean;
     hits bigint[];
 BEGIN
-    SELECT n.nspname, c.relname, c.relrowsecurity INTO schema_name, table_name, hidden
+    SELECT n.nspname, c.relname, c.relrowsecurity, tn.nspname, ty.typname,
+           'json'::regtype IN (ty.oid, ty.typbasetype) OR 'jsonb'::regtype IN (ty.oid, ty.typbasetype)
+    INTO schema_name, table_name, hidden, type_schema, type_name, json_typed
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+    JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace
     WHERE c.oid = tbl;
     IF NOT FOUND OR hidden THEN
         RETURN ids;  -- gone, or row-level security may hide stored rows from this role
     END IF;
-    -- The value is cast to the column's own type through the row type, so the column's
-    -- index (and its own equality) is used.
-    EXECUTE format($q$
-        SELECT coalesce(array_agg(p.id), '{}')
-        FROM unnest($1, $2) AS p(id, v)
-        WHERE EXISTS (SELECT FROM %1$I.%2$I t
-                      WHERE t.%3$I = (jsonb_populate_record(NULL::%1$I.%2$I, jsonb_build_object($3, p.v))).%3$I)
-        $q$, schema_name, table_name, col)
-        INTO hits USING ids, vals, col;
+    -- The value is cast to the column's own type (its typmod does not matter for the
+    -- comparison), so the column's index and its own equality are used. Not through
+    -- the row type: building a whole row checks every domain column, and a NOT NULL domain
+    -- on another column made the look-up fail (and keep every binding).
+    -- A json or jsonb column holds the number as a JSON string (the value the trigger
+    -- wrote through jsonb_populate_record), which a cast of the text would not give.
+    EXECUTE format(CASE WHEN json_typed
+                        THEN $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I::jsonb = to_jsonb(p.v))$q$
+                        ELSE $q$SELECT coalesce(array_agg(p.id), '{}') FROM unnest($1, $2) AS p(id, v)
+                                WHERE EXISTS (SELECT FROM %1$I.%2$I t WHERE t.%3$I = CAST(p.v AS %4$I.%5$I))$q$ END,
+                   schema_name, table_name, col, type_schema, type_name)
+        INTO hits USING ids, vals;
     RETURN hits;
 EXCEPTION WHEN OTHERS THEN
     -- At commit, keeping is always safe and failing the commit is not: whatever went
@@ -94,18 +106,20 @@ BEGIN
         END IF;
         IF p.pending_id = ANY (stored) THEN
             IF p.kind = 'driver' THEN
-                UPDATE idmint.driver_numbers d SET bound = true
-                WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.state = 'assigned' AND NOT d.bound;
+                UPDATE idmint.driver_numbers d SET bound = true, bound_to = p.tbl
+                WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.state = 'assigned'
+                  AND (NOT d.bound OR d.bound_to IS DISTINCT FROM p.tbl);
             ELSE
-                UPDATE idmint.entity_numbers e SET bound_at = clock_timestamp()
-                WHERE e.number = p.number AND e.bound_at IS NULL;
+                UPDATE idmint.entity_numbers e
+                SET bound_at = coalesce(e.bound_at, clock_timestamp()), bound_to = p.tbl
+                WHERE e.number = p.number AND (e.bound_at IS NULL OR e.bound_to IS DISTINCT FROM p.tbl);
             END IF;
         ELSIF p.stored OR p.origin IN ('unbound', 'bound') THEN
             IF p.kind = 'driver' THEN
-                UPDATE idmint.driver_numbers d SET bound = false
+                UPDATE idmint.driver_numbers d SET bound = false, bound_to = NULL
                 WHERE d.fleet_id = p.fleet_id AND d.number = p.number AND d.bound;
             ELSE
-                UPDATE idmint.entity_numbers e SET bound_at = NULL WHERE e.number = p.number;
+                UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL WHERE e.number = p.number;
             END IF;
         ELSIF p.kind = 'entity' THEN
             PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
@@ -113,13 +127,13 @@ BEGIN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
             SET state = 'free', assigned_at = NULL, request_key = NULL, reserved_by = NULL,
-                holder_named = false, bound = false
+                holder_named = false, bound = false, bound_to = NULL
             WHERE d.fleet_id = p.fleet_id AND d.number = p.number;
             UPDATE idmint.fleets f SET assigned = f.assigned - 1, unassigned = f.unassigned + 1
             WHERE f.fleet_id = p.fleet_id;
         ELSE  -- reserved: the reservation is back as it was
             UPDATE idmint.driver_numbers d
-            SET state = 'reserved', assigned_at = NULL, bound = false,
+            SET state = 'reserved', assigned_at = NULL, bound = false, bound_to = NULL,
                 reserved_at = (p.prior ->> 'reserved_at')::timestamptz,
                 expires_at = (p.prior ->> 'expires_at')::timestamptz,
                 how = p.prior ->> 'how', issued_by = p.prior ->> 'issued_by',

@@ -48,6 +48,7 @@ GRANT EXECUTE ON FUNCTION
     idmint._trigger_columns(text, text, text, jsonb, text[], integer),
     idmint._driver_id_unchanged(text, text, text, text),
     idmint._binding_table(oid),
+    idmint._char_column(oid, text),
     idmint._pending_bindings(bigint),
     idmint._rows_exist(oid, text, bigint[], text[]),
     idmint._backfill_target(regclass, text)
