@@ -2319,6 +2319,13 @@ BEGIN
         ELSIF phase = 6 THEN
             waiting := true;
             held := ARRAY(SELECT st[g][1] FROM generate_subscripts(st, 1) AS g);
+            IF current_setting('transaction_isolation') <> 'read committed' THEN
+                -- A shard counted into after this snapshot (passed over above) raises 40001
+                -- here, before any wait: its free numbers are held by nobody, but this
+                -- snapshot cannot take them, and the wait below would end in 40001 too.
+                PERFORM FROM idmint.entity_shards x
+                WHERE x.prefix = p AND x.shard <> ALL (held) FOR NO KEY UPDATE SKIP LOCKED;
+            END IF;
             BEGIN
                 WITH z AS (
                     SELECT x.prefix, x.shard, x.issued, x.holder FROM idmint.entity_shards x
