@@ -1158,8 +1158,6 @@ $$;
 COMMENT ON FUNCTION idmint._driver_id_unchanged(text, text, text, text) IS
     'ID007 unless an updated row keeps its driver id and fleet';
 
--- The table a binding is checked against at commit: the root of a partition tree, so a
--- row that moves between partitions is still found.
 -- Whether this session may write rows of tbl (`what`: DELETE or UPDATE) as the role it
 -- acts as (SET ROLE, else its login role): the unbinding helpers run as idmint's owner
 -- and are public, so a role that could not delete a row must not free its number. (An
@@ -1187,6 +1185,8 @@ $$;
 COMMENT ON FUNCTION idmint._char_column(oid, text) IS
     'Whether a table column is char(n) or a domain over it (its values come blank-padded)';
 
+-- The table a binding is checked against at commit: the root of a partition tree, so a
+-- row that moves between partitions is still found.
 CREATE FUNCTION idmint._binding_table(rel oid) RETURNS regclass
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
