@@ -126,32 +126,40 @@ COMMENT ON FUNCTION idmint._entity_prefix(text) IS
 -- The secret partition: a Feistel permutation of the 6-digit part v, as the pair
 -- (v / 1000, v % 1000), in six rounds (l, r) -> (r, (l + F_i(r)) % 1000) with
 -- F_i(x) = hashint4extended(x, key[i]) & 1023 (key: entity_ranges.shard_key). Its image
--- (l, r) puts v in shard l / 5, at index (l % 5) * 1000 + r of that shard (0..4999):
---   shard of v:       six rounds forward, shard = l / 5
---   member i of s:    from (5 * s + i / 1000, i % 1000) six rounds back,
+-- (l, r) puts v in shard r / 5 (the half the last round wrote, so every seed counts), at
+-- index (r % 5) * 1000 + l of that shard (0..4999):
+--   shard of v:       six rounds forward, shard = r / 5
+--   member i of s:    from (i % 1000, 5 * s + i / 1000) six rounds back,
 --                     (l, r) -> ((r + 2000 - F_i(l)) % 1000, l), v = l * 1000 + r
--- A shard's members are spread over the whole range with no structure an app could solve
--- from the numbers it got (a keyed permutation, unlike a sum of table entries). The two
--- functions below are the definition; the per-number fast path (_issue_entity_numbers)
--- and the view entity_capacity inline the same rounds, because a pinned function call
--- per number costs more than the rest of the work (see docs/DESIGN.md).
+-- A shard's members are spread over the whole range with no structure to solve from the
+-- numbers an app got (a keyed permutation, unlike a sum of table entries; but see
+-- docs/DESIGN.md on claims). The two functions below are the definition; the per-number
+-- fast path (_issue_entity_numbers) and the view entity_capacity inline the same rounds,
+-- because a pinned function call per number costs more than the rest of the work.
+-- (OFFSET 0 after the third and the sixth round: substituted into the next, the rounds
+-- grew to 32 hash calls for 6; a barrier after every round cost more than it saved.)
 
 -- The shard of each of `numbers` (7-digit, any registered types), by its type's key.
 CREATE FUNCTION idmint._entity_shards_of(numbers integer[])
 RETURNS TABLE (number integer, prefix integer, shard integer)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+-- (PL/pgSQL keeps the plan; a SQL function was planned at every call, 0.7 ms)
+SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT x.n, r.prefix, f6.l / 5
+BEGIN
+    RETURN QUERY
+    SELECT x.n, r.prefix, f6.r / 5
     FROM unnest(numbers) AS x(n)
     JOIN idmint.entity_ranges r ON r.prefix = x.n / 1000000,
          LATERAL (SELECT x.n % 1000000 / 1000 AS l, x.n % 1000 AS r) f0,
          LATERAL (SELECT f0.r AS l, (f0.l + (hashint4extended(f0.r, r.shard_key[1]) & 1023)::integer) % 1000 AS r) f1,
          LATERAL (SELECT f1.r AS l, (f1.l + (hashint4extended(f1.r, r.shard_key[2]) & 1023)::integer) % 1000 AS r) f2,
-         LATERAL (SELECT f2.r AS l, (f2.l + (hashint4extended(f2.r, r.shard_key[3]) & 1023)::integer) % 1000 AS r) f3,
+         LATERAL (SELECT f2.r AS l, (f2.l + (hashint4extended(f2.r, r.shard_key[3]) & 1023)::integer) % 1000 AS r OFFSET 0) f3,
          LATERAL (SELECT f3.r AS l, (f3.l + (hashint4extended(f3.r, r.shard_key[4]) & 1023)::integer) % 1000 AS r) f4,
          LATERAL (SELECT f4.r AS l, (f4.l + (hashint4extended(f4.r, r.shard_key[5]) & 1023)::integer) % 1000 AS r) f5,
-         LATERAL (SELECT f5.r AS l, (f5.l + (hashint4extended(f5.r, r.shard_key[6]) & 1023)::integer) % 1000 AS r) f6
+         LATERAL (SELECT f5.r AS l, (f5.l + (hashint4extended(f5.r, r.shard_key[6]) & 1023)::integer) % 1000 AS r OFFSET 0) f6;
+END
 $$;
 COMMENT ON FUNCTION idmint._entity_shards_of(integer[]) IS
     'The shard of each entity number, by the secret partition of its type (numbers of unknown types are left out)';
@@ -160,18 +168,22 @@ COMMENT ON FUNCTION idmint._entity_shards_of(integer[]) IS
 -- position of each index in `idx` (ord).
 CREATE FUNCTION idmint._entity_members(key bigint[], shard integer, idx integer[])
 RETURNS TABLE (ord bigint, v integer)
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT x.o, f0.l * 1000 + f0.r
     FROM unnest(idx) WITH ORDINALITY AS x(i, o),
-         LATERAL (SELECT 5 * shard + x.i / 1000 AS l, x.i % 1000 AS r) f6,
+         LATERAL (SELECT x.i % 1000 AS l, 5 * shard + x.i / 1000 AS r) f6,
          LATERAL (SELECT (f6.r + 2000 - (hashint4extended(f6.l, key[6]) & 1023)::integer) % 1000 AS l, f6.l AS r) f5,
          LATERAL (SELECT (f5.r + 2000 - (hashint4extended(f5.l, key[5]) & 1023)::integer) % 1000 AS l, f5.l AS r) f4,
-         LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r) f3,
+         LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r OFFSET 0) f3,
          LATERAL (SELECT (f3.r + 2000 - (hashint4extended(f3.l, key[3]) & 1023)::integer) % 1000 AS l, f3.l AS r) f2,
          LATERAL (SELECT (f2.r + 2000 - (hashint4extended(f2.l, key[2]) & 1023)::integer) % 1000 AS l, f2.l AS r) f1,
-         LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r) f0
+         LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r OFFSET 0) f0;
+END
 $$;
 COMMENT ON FUNCTION idmint._entity_members(bigint[], integer, integer[]) IS
     'Members of a shard of the secret partition with this key, at the given indexes (0..4999)';
@@ -763,13 +775,13 @@ BEGIN
                            CASE WHEN bind THEN now() END, tbl, statement_timestamp(), how, session_user, x.holder
                     -- (member v % 5000 of the shard: idmint._entity_members inlined)
                     FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix,
-                         LATERAL (SELECT 5 * x.shard + v % 5000 / 1000 AS l, v % 1000 AS r) f6,
+                         LATERAL (SELECT v % 1000 AS l, 5 * x.shard + v % 5000 / 1000 AS r) f6,
                          LATERAL (SELECT (f6.r + 2000 - (hashint4extended(f6.l, r.shard_key[6]) & 1023)::integer) % 1000 AS l, f6.l AS r) f5,
                          LATERAL (SELECT (f5.r + 2000 - (hashint4extended(f5.l, r.shard_key[5]) & 1023)::integer) % 1000 AS l, f5.l AS r) f4,
-                         LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, r.shard_key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r) f3,
+                         LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, r.shard_key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r OFFSET 0) f3,
                          LATERAL (SELECT (f3.r + 2000 - (hashint4extended(f3.l, r.shard_key[3]) & 1023)::integer) % 1000 AS l, f3.l AS r) f2,
                          LATERAL (SELECT (f2.r + 2000 - (hashint4extended(f2.l, r.shard_key[2]) & 1023)::integer) % 1000 AS l, f2.l AS r) f1,
-                         LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, r.shard_key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r) f0
+                         LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, r.shard_key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r OFFSET 0) f0
                     WHERE x.prefix = p AND x.shard = st[j][1] AND x.holder = pg_current_xact_id() AND NOT x.deck
                       AND (r.name = entity OR NOT by_name)
                     ON CONFLICT DO NOTHING
@@ -1782,21 +1794,21 @@ CROSS JOIN LATERAL (
             -- reader's own, which are in no shard it holds)
             + (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t WHERE t.prefix = r.prefix)
             -- (not yet counted: in shards it still holds)
-            -- (the shard of e.number: idmint._entity_shards_of inlined, f6.l / 5)
+            -- (the shard of e.number: idmint._entity_shards_of inlined, f6.r / 5)
             + (SELECT count(*)
                FROM idmint.entity_numbers e,
                     LATERAL (SELECT e.number % 1000000 / 1000 AS l, e.number % 1000 AS r) f0,
                     LATERAL (SELECT f0.r AS l, (f0.l + (hashint4extended(f0.r, r.shard_key[1]) & 1023)::integer) % 1000 AS r) f1,
                     LATERAL (SELECT f1.r AS l, (f1.l + (hashint4extended(f1.r, r.shard_key[2]) & 1023)::integer) % 1000 AS r) f2,
-                    LATERAL (SELECT f2.r AS l, (f2.l + (hashint4extended(f2.r, r.shard_key[3]) & 1023)::integer) % 1000 AS r) f3,
+                    LATERAL (SELECT f2.r AS l, (f2.l + (hashint4extended(f2.r, r.shard_key[3]) & 1023)::integer) % 1000 AS r OFFSET 0) f3,
                     LATERAL (SELECT f3.r AS l, (f3.l + (hashint4extended(f3.r, r.shard_key[4]) & 1023)::integer) % 1000 AS r) f4,
                     LATERAL (SELECT f4.r AS l, (f4.l + (hashint4extended(f4.r, r.shard_key[5]) & 1023)::integer) % 1000 AS r) f5,
-                    LATERAL (SELECT f5.r AS l, (f5.l + (hashint4extended(f5.r, r.shard_key[6]) & 1023)::integer) % 1000 AS r) f6,
+                    LATERAL (SELECT f5.r AS l, (f5.l + (hashint4extended(f5.r, r.shard_key[6]) & 1023)::integer) % 1000 AS r OFFSET 0) f6,
                     idmint.entity_shards h
                WHERE pg_current_xact_id_if_assigned() IS NOT NULL  -- (most readers: not even planned)
                  AND e.issued_xid = pg_current_xact_id_if_assigned()
                  AND e.number / 1000000 = r.prefix
-                 AND h.prefix = r.prefix AND h.holder = e.issued_xid AND h.shard = f6.l / 5)
+                 AND h.prefix = r.prefix AND h.holder = e.issued_xid AND h.shard = f6.r / 5)
             -- (the reader's spares, not handed out: see _entity_spares_remove)
             - CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL
                    THEN coalesce(length(current_setting('idmint.entity_spare_' || r.prefix, true)), 0) / 7 ELSE 0 END
