@@ -134,10 +134,11 @@ COMMENT ON FUNCTION idmint._entity_prefix(text) IS
 -- A shard's members are spread over the whole range with no structure to solve from the
 -- numbers an app got (a keyed permutation, unlike a sum of table entries; but see
 -- docs/DESIGN.md on claims). The two functions below are the definition; the per-number
--- fast path (_issue_entity_numbers) and the view entity_capacity inline the same rounds,
--- because a pinned function call per number costs more than the rest of the work.
--- (OFFSET 0 after the third and the sixth round: substituted into the next, the rounds
--- grew to 32 hash calls for 6; a barrier after every round cost more than it saved.)
+-- fast path (_issue_entity_number), the spares' batches (_entity_draw_spares) and the
+-- view entity_capacity inline the same rounds: a pinned call there costs more than the
+-- rest of the work. (OFFSET 0 after the third and the sixth round: substituted into the
+-- next, the rounds grew to 32 hash calls for 6; a step per round cost more than it saved.
+-- No Memoize: it recomputed the first step as its cache key.)
 
 -- The shard of each of `numbers` (7-digit, any registered types), by its type's key.
 CREATE FUNCTION idmint._entity_shards_of(numbers integer[])
@@ -146,6 +147,8 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 -- (PL/pgSQL keeps the plan; a SQL function was planned at every call, 0.7 ms)
 SET plan_cache_mode = force_generic_plan
+-- (a Memoize over the second step recomputed the first as its cache key: 4 µs a number)
+SET enable_memoize = off
 AS $$
 BEGIN
     RETURN QUERY
@@ -171,6 +174,7 @@ RETURNS TABLE (ord bigint, v integer)
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
+SET enable_memoize = off
 AS $$
 BEGIN
     RETURN QUERY
@@ -201,9 +205,9 @@ COMMENT ON FUNCTION idmint._entity_members(bigint[], integer, integer[]) IS
 -- Build a shard's deck: its free numbers (bounded: 5 000 probes and at most 1 250 cards,
 -- once per shard). `expected` is the free
 -- count the shard state says; a mismatch is an internal inconsistency, never ignored.
--- `taken`: the shard held no number before the calling statement took exactly these (the
--- caller knows: it took the empty shard itself), so the free ones are the other members,
--- found with a hash anti-join instead of 5 000 index probes.
+-- `taken`: the shard held no number before the calling statement took exactly the members
+-- with these indexes (the caller knows: it took the empty shard itself), so the free ones
+-- are the other members: no probes, and only their members are computed.
 CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bigint[], expected integer,
                                           taken integer[] DEFAULT NULL)
 RETURNS void
@@ -218,10 +222,11 @@ BEGIN
     INSERT INTO idmint.entity_free (prefix, shard, number)
     SELECT _entity_build_deck.prefix, _entity_build_deck.shard, m.number
     FROM (SELECT base + x.v AS number
-          FROM idmint._entity_members(key, _entity_build_deck.shard, ARRAY(SELECT generate_series(0, 4999))) x) m
-    -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
-    WHERE CASE WHEN taken IS NULL THEN (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL
-               ELSE m.number NOT IN (SELECT unnest(taken)) END;
+          FROM idmint._entity_members(key, _entity_build_deck.shard, ARRAY(
+                   -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
+                   SELECT q FROM generate_series(0, 4999) AS q
+                   WHERE taken IS NULL OR q NOT IN (SELECT unnest(taken)))) x) m
+    WHERE taken IS NOT NULL OR (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF got <> expected THEN
         PERFORM idmint._error('entity_range_exhausted',
@@ -626,6 +631,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- Custom plans of these statements were planned afresh at every call: 0.5 ms a batch.
 SET plan_cache_mode = force_generic_plan
+SET enable_memoize = off  -- (see _entity_members)
 AS $$
 DECLARE
     got integer[];
@@ -648,10 +654,19 @@ BEGIN
     END IF;
     SELECT array_agg(c.number ORDER BY c.o) INTO got
     FROM (SELECT m.number, min(m.o) AS o
-          FROM (SELECT p * 1000000 + d.v AS number, d.ord AS o
+          FROM (SELECT p * 1000000 + f0.l * 1000 + f0.r AS number, d.o
+                -- (member d.i of the shard: idmint._entity_members inlined, a call per
+                -- batch cost 0.2 ms)
                 FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix,
-                     LATERAL idmint._entity_members(r.shard_key, x.shard, ARRAY(
-                         SELECT t.v % 5000 FROM idmint._random_draws(k + k / 4 + 6) AS t(v) WHERE t.v < 1000000)) AS d
+                     (SELECT t.v % 5000 AS i, row_number() OVER () AS o
+                      FROM idmint._random_draws(k + k / 4 + 6) AS t(v) WHERE t.v < 1000000) AS d,
+                     LATERAL (SELECT d.i % 1000 AS l, 5 * x.shard + d.i / 1000 AS r) f6,
+                     LATERAL (SELECT (f6.r + 2000 - (hashint4extended(f6.l, r.shard_key[6]) & 1023)::integer) % 1000 AS l, f6.l AS r) f5,
+                     LATERAL (SELECT (f5.r + 2000 - (hashint4extended(f5.l, r.shard_key[5]) & 1023)::integer) % 1000 AS l, f5.l AS r) f4,
+                     LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, r.shard_key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r OFFSET 0) f3,
+                     LATERAL (SELECT (f3.r + 2000 - (hashint4extended(f3.l, r.shard_key[3]) & 1023)::integer) % 1000 AS l, f3.l AS r) f2,
+                     LATERAL (SELECT (f2.r + 2000 - (hashint4extended(f2.l, r.shard_key[2]) & 1023)::integer) % 1000 AS l, f2.l AS r) f1,
+                     LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, r.shard_key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r OFFSET 0) f0
                 WHERE x.prefix = p AND x.shard = s AND x.holder = pg_current_xact_id() AND NOT x.deck
                   AND (r.name = entity OR NOT by_name)) AS m
           WHERE (SELECT true FROM idmint.entity_numbers e WHERE e.number = m.number) IS NULL
@@ -860,6 +875,9 @@ DECLARE
     nums integer[] := '{}';
     got_nums integer[];
     shard_nums integer[];
+    drawn_idx integer[];  -- the sparse phase's member indexes (see _entity_members)
+    got_idx integer[];
+    shard_idx integer[];  -- the indexes of shard_nums
     free_now integer;
     newdeck integer[] := '{}';
     late integer[] := '{}';
@@ -1128,14 +1146,16 @@ BEGIN
                 -- of 5 000 reach about 5 000 * (1 - exp(-d / 5 000)) distinct members.
                 free_now := m - (k - need);
                 draws := ceil(-size * ln(greatest(0.02, 1 - (need * 1.05 + 12)::float8 / free_now)) * 1.003 + 6)::integer;
-                SELECT array_agg(c.number ORDER BY c.i) INTO got_nums
-                FROM (SELECT c.number, c.i
-                      FROM (SELECT c.number, min(c.i) AS i
-                            FROM (SELECT base + d.v AS number, d.ord AS i
-                                  FROM idmint._entity_members(key, s, ARRAY(
-                                           SELECT x.v % 5000 FROM idmint._random_draws(draws) AS x(v)
-                                           WHERE x.v < 1045000)) d) c
-                            GROUP BY c.number) c
+                -- Each drawn index once, in the order of its first draw: index and member
+                -- are one to one, so a repeat costs no second member.
+                drawn_idx := ARRAY(SELECT u.q FROM (SELECT x.v % 5000 AS q, min(x.o) AS o
+                                                    FROM idmint._random_draws(draws) WITH ORDINALITY AS x(v, o)
+                                                    WHERE x.v < 1045000 GROUP BY 1) u
+                                   ORDER BY u.o);
+                SELECT array_agg(c.number ORDER BY c.i), array_agg(c.q ORDER BY c.i) INTO got_nums, got_idx
+                FROM (SELECT c.number, c.i, c.q
+                      FROM (SELECT base + d.v AS number, d.ord AS i, drawn_idx[d.ord] AS q
+                            FROM idmint._entity_members(key, s, drawn_idx) d) c
                       -- Nothing issued in a shard this call took (its state from the table,
                       -- not from the hint an app could set): no probe.
                       WHERE (st[j][2] + st[j][3] + k - need = 0 AND s = ANY (taken_now)
@@ -1144,6 +1164,7 @@ BEGIN
                       ORDER BY c.i
                       LIMIT need) c;
                 shard_nums := coalesce(shard_nums, '{}') || coalesce(got_nums, '{}');
+                shard_idx := coalesce(shard_idx, '{}') || coalesce(got_idx, '{}');
                 need := k - cardinality(shard_nums);
                 EXIT WHEN need = 0;
                 -- Honest counts finish in a round or two; only an overwritten hint (the
@@ -1164,7 +1185,7 @@ BEGIN
                 IF s = ANY (taken_now) AND st[j][2] = 0 AND st[j][3] = 0 THEN
                     -- Empty when this call took it: its free numbers are the members this
                     -- call did not draw (no probes; 0 % fill, 100 000-number calls).
-                    PERFORM idmint._entity_build_deck(p, s, key, m - k, shard_nums);
+                    PERFORM idmint._entity_build_deck(p, s, key, m - k, shard_idx);
                 ELSE
                     late := late || ARRAY[[s, m - k]];
                 END IF;
@@ -1172,6 +1193,7 @@ BEGIN
                 newdeck := newdeck || s;
             END IF;
             shard_nums := NULL;
+            shard_idx := NULL;
         ELSE
             IF st[j][4] = 0 THEN
                 PERFORM idmint._entity_build_deck(p, s, key, m);
