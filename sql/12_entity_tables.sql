@@ -2,26 +2,18 @@
 -- nearly full shards. Apps never read these tables: they see the views idmint.entity_types
 -- and idmint.entity_capacity (sql/50) and call functions. The engine is described in sql/50.
 
--- A secret random partition of a type's 1 000 000 numbers into 200 shards of 5 000 (550
--- bytes, see sql/50 for how it is read): K1, a permutation of 0..199 (bytes 0..199), its
--- inverse (200..399), K2 (400..499) and K3 (500..549), values 0..199. Strong random keys.
-CREATE FUNCTION idmint._new_partition_key() RETURNS bytea
+-- The secret partition key of a type: six random 64-bit seeds, one per round of the
+-- Feistel permutation that splits its 1 000 000 numbers into 200 shards (see sql/50).
+-- (62 random bits each: the last 16 hex digits of a strong random version-4 UUID.)
+CREATE FUNCTION idmint._new_partition_key() RETURNS bigint[]
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH k1 AS MATERIALIZED (
-        SELECT i, (row_number() OVER (ORDER BY gen_random_uuid()) - 1)::integer AS v
-        FROM generate_series(0, 199) i),
-    k23 AS MATERIALIZED (
-        SELECT (row_number() OVER (ORDER BY gen_random_uuid()) - 1)::integer AS v
-        FROM generate_series(0, 199) LIMIT 150)
-    SELECT decode((SELECT string_agg(lpad(to_hex(v), 2, '0'), '' ORDER BY i) FROM k1)
-                  || (SELECT string_agg(lpad(to_hex(i), 2, '0'), '' ORDER BY v) FROM k1)
-                  || (SELECT string_agg(lpad(to_hex(v), 2, '0'), '') FROM k23),
-                  'hex')
+    SELECT array_agg(('x' || right(translate(gen_random_uuid()::text, '-', ''), 16))::bit(64)::bigint)
+    FROM generate_series(1, 6)
 $$;
 COMMENT ON FUNCTION idmint._new_partition_key() IS
-    'A new secret shard partition key for an entity type (K1, K1 inverse, K2, K3; 550 bytes)';
+    'A new secret shard partition key for an entity type (six random seeds of a Feistel permutation)';
 
 -- One row per type.
 CREATE TABLE idmint.entity_ranges (
@@ -30,7 +22,9 @@ CREATE TABLE idmint.entity_ranges (
         CHECK (name <> '' AND name !~ '^\s|\s$' AND name !~ '^[0-9]$' AND length(name) <= 100),
     capacity   integer     NOT NULL DEFAULT 1000000 CHECK (capacity = 1000000),
     -- The secret partition of the type's numbers into shards (never shown to apps).
-    shard_key  bytea       NOT NULL DEFAULT idmint._new_partition_key() CHECK (length(shard_key) = 550),
+    shard_key  bigint[]    NOT NULL DEFAULT idmint._new_partition_key()
+        CHECK (array_length(shard_key, 1) = 6 AND array_lower(shard_key, 1) = 1
+               AND array_ndims(shard_key) = 1 AND array_position(shard_key, NULL) IS NULL),
     -- The highest capacity threshold notified (0: none); see idmint._entity_alert.
     alerted    numeric     NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now()

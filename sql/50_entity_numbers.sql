@@ -1,7 +1,7 @@
 -- Entity numbers: 7 digits, the first is the type prefix 1..9, the other six random.
 --
 -- Engine (docs/DESIGN.md has the reasoning and the measurements):
---  * Shards. Each type's 1 000 000 numbers are split by a secret random partition
+--  * Shards. Each type's 1 000 000 numbers are split by a secret keyed permutation
 --    (entity_ranges.shard_key) into 200 shards of 5 000 numbers spread over the whole range.
 --    A transaction issues only from shards it holds: it locks them with FOR NO KEY UPDATE
 --    SKIP LOCKED, chosen at random weighted by their free numbers, and keeps them to its end.
@@ -123,13 +123,74 @@ COMMENT ON FUNCTION idmint._entity_prefix(text) IS
 -- Probes of entity_numbers are written as correlated scalar subqueries, `(SELECT true ...)
 -- IS NULL`: unlike NOT EXISTS they cannot become a hash anti-join over the whole table.
 
--- Where shard s keeps its q-th number (q in 0..4999): the secret partition key maps the
--- 6-digit part v = q * 200 + r to shard (K1[r] + K2[q % 100] + K3[q / 100]) % 200, so each
--- shard owns exactly one r per q, i.e. r = K1inv[(s - K2[q % 100] - K3[q / 100]) mod 200]:
---   member: q * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + q % 100) - get_byte(key, 500 + q / 100)) % 200 + 400) % 200)
---   shard of v: (get_byte(key, v % 200) + get_byte(key, 400 + (v / 200) % 100) + get_byte(key, 500 + v / 20000)) % 200
--- The statements inline these expressions: a function call per number costs more than
--- the rest of the work (every function pins search_path, see docs/DESIGN.md).
+-- The secret partition: a Feistel permutation of the 6-digit part v, as the pair
+-- (v / 1000, v % 1000), in six rounds (l, r) -> (r, (l + F_i(r)) % 1000) with
+-- F_i(x) = hashint4extended(x, key[i]) & 1023 (key: entity_ranges.shard_key). Its image
+-- (l, r) puts v in shard r / 5 (the half the last round wrote, so every seed counts), at
+-- index (r % 5) * 1000 + l of that shard (0..4999):
+--   shard of v:       six rounds forward, shard = r / 5
+--   member i of s:    from (i % 1000, 5 * s + i / 1000) six rounds back,
+--                     (l, r) -> ((r + 2000 - F_i(l)) % 1000, l), v = l * 1000 + r
+-- A shard's members are spread over the whole range with no structure to solve from the
+-- numbers an app got (a keyed permutation, unlike a sum of table entries; but see
+-- docs/DESIGN.md on claims). The two functions below are the definition; the per-number
+-- fast path (_issue_entity_number), the spares' batches (_entity_draw_spares) and the
+-- view entity_capacity inline the same rounds: a pinned call there costs more than the
+-- rest of the work. (OFFSET 0 after the third and the sixth round: substituted into the
+-- next, the rounds grew to 32 hash calls for 6; a step per round cost more than it saved.
+-- No Memoize: it recomputed the first step as its cache key.)
+
+-- The shard of each of `numbers` (7-digit, any registered types), by its type's key.
+CREATE FUNCTION idmint._entity_shards_of(numbers integer[])
+RETURNS TABLE (number integer, prefix integer, shard integer)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+-- (PL/pgSQL keeps the plan; a SQL function was planned at every call, 0.7 ms)
+SET plan_cache_mode = force_generic_plan
+-- (a Memoize over the second step recomputed the first as its cache key: 4 µs a number)
+SET enable_memoize = off
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT x.n, r.prefix, f6.r / 5
+    FROM unnest(numbers) AS x(n)
+    JOIN idmint.entity_ranges r ON r.prefix = x.n / 1000000,
+         LATERAL (SELECT x.n % 1000000 / 1000 AS l, x.n % 1000 AS r) f0,
+         LATERAL (SELECT f0.r AS l, (f0.l + (hashint4extended(f0.r, r.shard_key[1]) & 1023)::integer) % 1000 AS r) f1,
+         LATERAL (SELECT f1.r AS l, (f1.l + (hashint4extended(f1.r, r.shard_key[2]) & 1023)::integer) % 1000 AS r) f2,
+         LATERAL (SELECT f2.r AS l, (f2.l + (hashint4extended(f2.r, r.shard_key[3]) & 1023)::integer) % 1000 AS r OFFSET 0) f3,
+         LATERAL (SELECT f3.r AS l, (f3.l + (hashint4extended(f3.r, r.shard_key[4]) & 1023)::integer) % 1000 AS r) f4,
+         LATERAL (SELECT f4.r AS l, (f4.l + (hashint4extended(f4.r, r.shard_key[5]) & 1023)::integer) % 1000 AS r) f5,
+         LATERAL (SELECT f5.r AS l, (f5.l + (hashint4extended(f5.r, r.shard_key[6]) & 1023)::integer) % 1000 AS r OFFSET 0) f6;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_shards_of(integer[]) IS
+    'The shard of each entity number, by the secret partition of its type (numbers of unknown types are left out)';
+
+-- The members of a shard at the given indexes (0..4999), as 6-digit parts, with the
+-- position of each index in `idx` (ord).
+CREATE FUNCTION idmint._entity_members(key bigint[], shard integer, idx integer[])
+RETURNS TABLE (ord bigint, v integer)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_memoize = off
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT x.o, f0.l * 1000 + f0.r
+    FROM unnest(idx) WITH ORDINALITY AS x(i, o),
+         LATERAL (SELECT x.i % 1000 AS l, 5 * shard + x.i / 1000 AS r) f6,
+         LATERAL (SELECT (f6.r + 2000 - (hashint4extended(f6.l, key[6]) & 1023)::integer) % 1000 AS l, f6.l AS r) f5,
+         LATERAL (SELECT (f5.r + 2000 - (hashint4extended(f5.l, key[5]) & 1023)::integer) % 1000 AS l, f5.l AS r) f4,
+         LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r OFFSET 0) f3,
+         LATERAL (SELECT (f3.r + 2000 - (hashint4extended(f3.l, key[3]) & 1023)::integer) % 1000 AS l, f3.l AS r) f2,
+         LATERAL (SELECT (f2.r + 2000 - (hashint4extended(f2.l, key[2]) & 1023)::integer) % 1000 AS l, f2.l AS r) f1,
+         LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r OFFSET 0) f0;
+END
+$$;
+COMMENT ON FUNCTION idmint._entity_members(bigint[], integer, integer[]) IS
+    'Members of a shard of the secret partition with this key, at the given indexes (0..4999)';
 
 -- A transaction's shards of a type. What it holds is in entity_shards (holder = its xid,
 -- with the row lock): only idmint writes there, so the shards an issuer inserts into and
@@ -144,10 +205,10 @@ COMMENT ON FUNCTION idmint._entity_prefix(text) IS
 -- Build a shard's deck: its free numbers (bounded: 5 000 probes and at most 1 250 cards,
 -- once per shard). `expected` is the free
 -- count the shard state says; a mismatch is an internal inconsistency, never ignored.
--- `taken`: the shard held no number before the calling statement took exactly these (the
--- caller knows: it took the empty shard itself), so the free ones are the other members,
--- found with a hash anti-join instead of 5 000 index probes.
-CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bytea, expected integer,
+-- `taken`: the shard held no number before the calling statement took exactly the members
+-- with these indexes (the caller knows: it took the empty shard itself), so the free ones
+-- are the other members: no probes, and only their members are computed.
+CREATE FUNCTION idmint._entity_build_deck(prefix integer, shard integer, key bigint[], expected integer,
                                           taken integer[] DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
@@ -160,12 +221,12 @@ DECLARE
 BEGIN
     INSERT INTO idmint.entity_free (prefix, shard, number)
     SELECT _entity_build_deck.prefix, _entity_build_deck.shard, m.number
-    FROM (SELECT base + q * 200 + get_byte(key, 200 + ((_entity_build_deck.shard - get_byte(key, 400 + q % 100)
-                     - get_byte(key, 500 + q / 100)) % 200 + 400) % 200) AS number
-          FROM generate_series(0, 4999) AS q) m
-    -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
-    WHERE CASE WHEN taken IS NULL THEN (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL
-               ELSE m.number NOT IN (SELECT unnest(taken)) END;
+    FROM (SELECT base + x.v AS number
+          FROM idmint._entity_members(key, _entity_build_deck.shard, ARRAY(
+                   -- (NOT IN a subquery: a hashed subplan; a join on the array became a nested loop.)
+                   SELECT q FROM generate_series(0, 4999) AS q
+                   WHERE taken IS NULL OR q NOT IN (SELECT unnest(taken)))) x) m
+    WHERE taken IS NOT NULL OR (SELECT true FROM idmint.entity_numbers y WHERE y.number = m.number) IS NULL;
     GET DIAGNOSTICS got = ROW_COUNT;
     IF got <> expected THEN
         PERFORM idmint._error('entity_range_exhausted',
@@ -173,7 +234,7 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bytea, integer, integer[]) IS
+COMMENT ON FUNCTION idmint._entity_build_deck(integer, integer, bigint[], integer, integer[]) IS
     'Build the deck of a shard (its free numbers); ID005 if the count disagrees';
 
 -- How many numbers this transaction holds in a shard (its rows; few for a fresh one).
@@ -187,13 +248,13 @@ LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT count(*)::integer
-    FROM idmint.entity_numbers e JOIN idmint.entity_ranges r ON r.prefix = _entity_mine.prefix
-    WHERE e.issued_xid = pg_current_xact_id()
-      -- (not a range: a bitmap AND with the key index read a whole type when the table
-      -- had no statistics yet, 0.1 s a call)
-      AND e.number / 1000000 = _entity_mine.prefix
-      AND (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
-           + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200 = _entity_mine.shard
+    FROM idmint._entity_shards_of(ARRAY(
+             SELECT e.number FROM idmint.entity_numbers e
+             WHERE e.issued_xid = pg_current_xact_id()
+               -- (not a range: a bitmap AND with the key index read a whole type when the
+               -- table had no statistics yet, 0.1 s a call)
+               AND e.number / 1000000 = _entity_mine.prefix)) x
+    WHERE x.shard = _entity_mine.shard
 $$;
 COMMENT ON FUNCTION idmint._entity_mine(integer, integer) IS
     'The numbers this transaction issued in a shard (its rows)';
@@ -570,6 +631,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- Custom plans of these statements were planned afresh at every call: 0.5 ms a batch.
 SET plan_cache_mode = force_generic_plan
+SET enable_memoize = off  -- (see _entity_members)
 AS $$
 DECLARE
     got integer[];
@@ -592,12 +654,19 @@ BEGIN
     END IF;
     SELECT array_agg(c.number ORDER BY c.o) INTO got
     FROM (SELECT m.number, min(m.o) AS o
-          FROM (SELECT p * 1000000 + d.q * 200 + get_byte(r.shard_key, 200 + ((x.shard
-                           - get_byte(r.shard_key, 400 + d.q % 100) - get_byte(r.shard_key, 500 + d.q / 100)) % 200 + 400) % 200) AS number,
-                       d.o
+          FROM (SELECT p * 1000000 + f0.l * 1000 + f0.r AS number, d.o
+                -- (member d.i of the shard: idmint._entity_members inlined, a call per
+                -- batch cost 0.2 ms)
                 FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix,
-                     (SELECT t.v % 5000 AS q, row_number() OVER () AS o
-                      FROM idmint._random_draws(k + k / 4 + 6) AS t(v) WHERE t.v < 1000000) AS d
+                     (SELECT t.v % 5000 AS i, row_number() OVER () AS o
+                      FROM idmint._random_draws(k + k / 4 + 6) AS t(v) WHERE t.v < 1000000) AS d,
+                     LATERAL (SELECT d.i % 1000 AS l, 5 * x.shard + d.i / 1000 AS r) f6,
+                     LATERAL (SELECT (f6.r + 2000 - (hashint4extended(f6.l, r.shard_key[6]) & 1023)::integer) % 1000 AS l, f6.l AS r) f5,
+                     LATERAL (SELECT (f5.r + 2000 - (hashint4extended(f5.l, r.shard_key[5]) & 1023)::integer) % 1000 AS l, f5.l AS r) f4,
+                     LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, r.shard_key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r OFFSET 0) f3,
+                     LATERAL (SELECT (f3.r + 2000 - (hashint4extended(f3.l, r.shard_key[3]) & 1023)::integer) % 1000 AS l, f3.l AS r) f2,
+                     LATERAL (SELECT (f2.r + 2000 - (hashint4extended(f2.l, r.shard_key[2]) & 1023)::integer) % 1000 AS l, f2.l AS r) f1,
+                     LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, r.shard_key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r OFFSET 0) f0
                 WHERE x.prefix = p AND x.shard = s AND x.holder = pg_current_xact_id() AND NOT x.deck
                   AND (r.name = entity OR NOT by_name)) AS m
           WHERE (SELECT true FROM idmint.entity_numbers e WHERE e.number = m.number) IS NULL
@@ -717,10 +786,17 @@ BEGIN
                                          get_byte(b, 11) << 8 | get_byte(b, 12), get_byte(b, 13) << 8 | get_byte(b, 14)] LOOP
                     CONTINUE WHEN v >= 65000;
                     INSERT INTO idmint.entity_numbers AS e (number, bound_at, bound_to, issued_at, how, issued_by, issued_xid)
-                    SELECT p * 1000000 + v % 5000 * 200 + get_byte(r.shard_key, 200 + ((x.shard
-                               - get_byte(r.shard_key, 400 + v % 5000 % 100) - get_byte(r.shard_key, 500 + v % 5000 / 100)) % 200 + 400) % 200),
+                    SELECT p * 1000000 + f0.l * 1000 + f0.r,
                            CASE WHEN bind THEN now() END, tbl, statement_timestamp(), how, session_user, x.holder
-                    FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix
+                    -- (member v % 5000 of the shard: idmint._entity_members inlined)
+                    FROM idmint.entity_shards x JOIN idmint.entity_ranges r ON r.prefix = x.prefix,
+                         LATERAL (SELECT v % 1000 AS l, 5 * x.shard + v % 5000 / 1000 AS r) f6,
+                         LATERAL (SELECT (f6.r + 2000 - (hashint4extended(f6.l, r.shard_key[6]) & 1023)::integer) % 1000 AS l, f6.l AS r) f5,
+                         LATERAL (SELECT (f5.r + 2000 - (hashint4extended(f5.l, r.shard_key[5]) & 1023)::integer) % 1000 AS l, f5.l AS r) f4,
+                         LATERAL (SELECT (f4.r + 2000 - (hashint4extended(f4.l, r.shard_key[4]) & 1023)::integer) % 1000 AS l, f4.l AS r OFFSET 0) f3,
+                         LATERAL (SELECT (f3.r + 2000 - (hashint4extended(f3.l, r.shard_key[3]) & 1023)::integer) % 1000 AS l, f3.l AS r) f2,
+                         LATERAL (SELECT (f2.r + 2000 - (hashint4extended(f2.l, r.shard_key[2]) & 1023)::integer) % 1000 AS l, f2.l AS r) f1,
+                         LATERAL (SELECT (f1.r + 2000 - (hashint4extended(f1.l, r.shard_key[1]) & 1023)::integer) % 1000 AS l, f1.l AS r OFFSET 0) f0
                     WHERE x.prefix = p AND x.shard = st[j][1] AND x.holder = pg_current_xact_id() AND NOT x.deck
                       AND (r.name = entity OR NOT by_name)
                     ON CONFLICT DO NOTHING
@@ -774,7 +850,7 @@ DECLARE
     sparse_min constant integer := 1250;
     me constant xid8 := pg_current_xact_id();
     base integer;
-    key bytea;
+    key bigint[];
     st integer[];
     hint integer[];
     take integer[] := '{}';
@@ -799,6 +875,9 @@ DECLARE
     nums integer[] := '{}';
     got_nums integer[];
     shard_nums integer[];
+    drawn_idx integer[];  -- the sparse phase's member indexes (see _entity_members)
+    got_idx integer[];
+    shard_idx integer[];  -- the indexes of shard_nums
     free_now integer;
     newdeck integer[] := '{}';
     late integer[] := '{}';
@@ -1067,16 +1146,16 @@ BEGIN
                 -- of 5 000 reach about 5 000 * (1 - exp(-d / 5 000)) distinct members.
                 free_now := m - (k - need);
                 draws := ceil(-size * ln(greatest(0.02, 1 - (need * 1.05 + 12)::float8 / free_now)) * 1.003 + 6)::integer;
-                SELECT array_agg(c.number ORDER BY c.i) INTO got_nums
-                FROM (SELECT c.number, c.i
-                      FROM (SELECT c.number, min(c.i) AS i
-                            FROM (SELECT base + d.q * 200 + get_byte(key, 200 + ((s - get_byte(key, 400 + d.q % 100)
-                                             - get_byte(key, 500 + d.q / 100)) % 200 + 400) % 200) AS number,
-                                         d.i
-                                  FROM (SELECT x.v % 5000 AS q, x.i
-                                        FROM idmint._random_draws(draws) WITH ORDINALITY AS x(v, i)
-                                        WHERE x.v < 1045000) d) c
-                            GROUP BY c.number) c
+                -- Each drawn index once, in the order of its first draw: index and member
+                -- are one to one, so a repeat costs no second member.
+                drawn_idx := ARRAY(SELECT u.q FROM (SELECT x.v % 5000 AS q, min(x.o) AS o
+                                                    FROM idmint._random_draws(draws) WITH ORDINALITY AS x(v, o)
+                                                    WHERE x.v < 1045000 GROUP BY 1) u
+                                   ORDER BY u.o);
+                SELECT array_agg(c.number ORDER BY c.i), array_agg(c.q ORDER BY c.i) INTO got_nums, got_idx
+                FROM (SELECT c.number, c.i, c.q
+                      FROM (SELECT base + d.v AS number, d.ord AS i, drawn_idx[d.ord] AS q
+                            FROM idmint._entity_members(key, s, drawn_idx) d) c
                       -- Nothing issued in a shard this call took (its state from the table,
                       -- not from the hint an app could set): no probe.
                       WHERE (st[j][2] + st[j][3] + k - need = 0 AND s = ANY (taken_now)
@@ -1085,6 +1164,7 @@ BEGIN
                       ORDER BY c.i
                       LIMIT need) c;
                 shard_nums := coalesce(shard_nums, '{}') || coalesce(got_nums, '{}');
+                shard_idx := coalesce(shard_idx, '{}') || coalesce(got_idx, '{}');
                 need := k - cardinality(shard_nums);
                 EXIT WHEN need = 0;
                 -- Honest counts finish in a round or two; only an overwritten hint (the
@@ -1105,7 +1185,7 @@ BEGIN
                 IF s = ANY (taken_now) AND st[j][2] = 0 AND st[j][3] = 0 THEN
                     -- Empty when this call took it: its free numbers are the members this
                     -- call did not draw (no probes; 0 % fill, 100 000-number calls).
-                    PERFORM idmint._entity_build_deck(p, s, key, m - k, shard_nums);
+                    PERFORM idmint._entity_build_deck(p, s, key, m - k, shard_idx);
                 ELSE
                     late := late || ARRAY[[s, m - k]];
                 END IF;
@@ -1113,6 +1193,7 @@ BEGIN
                 newdeck := newdeck || s;
             END IF;
             shard_nums := NULL;
+            shard_idx := NULL;
         ELSE
             IF st[j][4] = 0 THEN
                 PERFORM idmint._entity_build_deck(p, s, key, m);
@@ -1193,13 +1274,8 @@ BEGIN
         PERFORM idmint._entity_spares_drop();  -- not handed out: not issued (see _entity_spares_remove)
     END IF;
     WITH mine AS MATERIALIZED (
-        SELECT r.prefix,
-               (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
-                + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200 AS shard,
-               count(*)::integer AS n
-        FROM idmint.entity_numbers e
-        JOIN idmint.entity_ranges r ON r.prefix = e.number / 1000000
-        WHERE e.issued_xid = me
+        SELECT x.prefix, x.shard, count(*)::integer AS n
+        FROM idmint._entity_shards_of(ARRAY(SELECT e.number FROM idmint.entity_numbers e WHERE e.issued_xid = me)) x
         GROUP BY 1, 2
     ), counted AS (
         UPDATE idmint.entity_shards x
@@ -1461,7 +1537,7 @@ DECLARE
     me constant xid8 := pg_current_xact_id();
     p integer;
     v integer;
-    key bytea;
+    key bigint[];
     s integer;
     now_issued integer;
     now_mine integer;
@@ -1503,8 +1579,7 @@ BEGIN
                                   'generate a new one with idmint.gen_entity_number');
         END IF;
         EXIT WHEN attempt = 2;
-        s := (get_byte(key, v % 200) + get_byte(key, 400 + (v % 1000000 / 200) % 100)
-              + get_byte(key, 500 + v % 1000000 / 20000)) % 200;
+        s := (SELECT x.shard FROM idmint._entity_shards_of(ARRAY[v]) x);
         SET CONSTRAINTS idmint.entity_shards_flush, idmint.entity_steals_alert DEFERRED;
         -- A shard with a deck that this transaction does not hold: take the number's card
         -- instead of the shard (a holder deals only cards, so it never meets the number).
@@ -1611,11 +1686,8 @@ BEGIN
     FOR g IN
         SELECT u.p, u.s, u.xs, y.holder,
                (SELECT t.n FROM idmint.entity_steals t WHERE t.prefix = u.p AND t.shard = u.s AND t.xid = me) AS stole
-        FROM (SELECT x / 1000000 AS p,
-                     (get_byte(r.shard_key, x % 200) + get_byte(r.shard_key, 400 + (x % 1000000 / 200) % 100)
-                      + get_byte(r.shard_key, 500 + x % 1000000 / 20000)) % 200 AS s,
-                     array_agg(x) AS xs
-              FROM unnest(gone) AS x JOIN idmint.entity_ranges r ON r.prefix = x / 1000000
+        FROM (SELECT x.prefix AS p, x.shard AS s, array_agg(x.number) AS xs
+              FROM idmint._entity_shards_of(gone) x
               GROUP BY 1, 2) u
         JOIN idmint.entity_shards y ON y.prefix = u.p AND y.shard = u.s
     LOOP
@@ -1744,14 +1816,21 @@ CROSS JOIN LATERAL (
             -- reader's own, which are in no shard it holds)
             + (SELECT coalesce(sum(t.n), 0) FROM idmint.entity_steals t WHERE t.prefix = r.prefix)
             -- (not yet counted: in shards it still holds)
-            + (SELECT count(*) FROM idmint.entity_numbers e
-               JOIN idmint.entity_shards h
-                 ON h.prefix = r.prefix AND h.holder = e.issued_xid
-                AND h.shard = (get_byte(r.shard_key, e.number % 200) + get_byte(r.shard_key, 400 + (e.number % 1000000 / 200) % 100)
-                               + get_byte(r.shard_key, 500 + e.number % 1000000 / 20000)) % 200
+            -- (the shard of e.number: idmint._entity_shards_of inlined, f6.r / 5)
+            + (SELECT count(*)
+               FROM idmint.entity_numbers e,
+                    LATERAL (SELECT e.number % 1000000 / 1000 AS l, e.number % 1000 AS r) f0,
+                    LATERAL (SELECT f0.r AS l, (f0.l + (hashint4extended(f0.r, r.shard_key[1]) & 1023)::integer) % 1000 AS r) f1,
+                    LATERAL (SELECT f1.r AS l, (f1.l + (hashint4extended(f1.r, r.shard_key[2]) & 1023)::integer) % 1000 AS r) f2,
+                    LATERAL (SELECT f2.r AS l, (f2.l + (hashint4extended(f2.r, r.shard_key[3]) & 1023)::integer) % 1000 AS r OFFSET 0) f3,
+                    LATERAL (SELECT f3.r AS l, (f3.l + (hashint4extended(f3.r, r.shard_key[4]) & 1023)::integer) % 1000 AS r) f4,
+                    LATERAL (SELECT f4.r AS l, (f4.l + (hashint4extended(f4.r, r.shard_key[5]) & 1023)::integer) % 1000 AS r) f5,
+                    LATERAL (SELECT f5.r AS l, (f5.l + (hashint4extended(f5.r, r.shard_key[6]) & 1023)::integer) % 1000 AS r OFFSET 0) f6,
+                    idmint.entity_shards h
                WHERE pg_current_xact_id_if_assigned() IS NOT NULL  -- (most readers: not even planned)
                  AND e.issued_xid = pg_current_xact_id_if_assigned()
-                 AND e.number / 1000000 = r.prefix)
+                 AND e.number / 1000000 = r.prefix
+                 AND h.prefix = r.prefix AND h.holder = e.issued_xid AND h.shard = f6.r / 5)
             -- (the reader's spares, not handed out: see _entity_spares_remove)
             - CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL
                    THEN coalesce(length(current_setting('idmint.entity_spare_' || r.prefix, true)), 0) / 7 ELSE 0 END

@@ -9,12 +9,7 @@ import json
 import psycopg
 import pytest
 
-from tests.util import Connect, gen, issue_directly, issued, scalar
-
-SHARD_EXPR = (
-    "(get_byte(r.shard_key, v % 200) + get_byte(r.shard_key, 400 + (v / 200) % 100)"
-    " + get_byte(r.shard_key, 500 + v / 20000)) % 200"
-)
+from tests.util import Connect, gen, issue_directly, issued, scalar, shard_of, type_partition
 
 
 def only_empty_shards(db: psycopg.Connection, prefix: int, shards: list[int]) -> None:
@@ -23,9 +18,8 @@ def only_empty_shards(db: psycopg.Connection, prefix: int, shards: list[int]) ->
     db.execute("SELECT idmint.add_entity_type(%s, %s)", [prefix, f"review2 {prefix}"])
     db.execute(
         "INSERT INTO idmint.entity_numbers (number, issued_at, how, issued_by, issued_xid)"
-        " SELECT %(p)s * 1000000 + v, now(), 'gen', current_user, pg_current_xact_id()"
-        " FROM generate_series(0, 999999) v, idmint.entity_ranges r"
-        f" WHERE r.prefix = %(p)s AND {SHARD_EXPR.replace('%', '%%')} <> ALL (%(s)s)",
+        " SELECT x.number, now(), 'gen', current_user, pg_current_xact_id()"
+        f" FROM {type_partition(prefix)} x WHERE x.shard <> ALL (%(s)s)",
         {"p": prefix, "s": shards},
     )
     db.execute(
@@ -39,11 +33,9 @@ def counts_match(db: psycopg.Connection, prefix: int) -> None:
     """entity_shards.issued equals the committed rows, shard by shard."""
     bad = db.execute(
         "SELECT x.shard, x.issued, coalesce(c.n, 0) FROM idmint.entity_shards x"
-        " LEFT JOIN (SELECT"
-        f"   {SHARD_EXPR.replace('v', '(e.number % 1000000)').replace('%', '%%')} AS shard,"
-        "   count(*) AS n"
-        "   FROM idmint.entity_numbers e JOIN idmint.entity_ranges r ON r.prefix = %(p)s"
-        "   WHERE e.number BETWEEN %(p)s * 1000000 AND %(p)s * 1000000 + 999999 GROUP BY 1) c"
+        " LEFT JOIN (SELECT y.shard, count(*) AS n"
+        "   FROM idmint._entity_shards_of(ARRAY(SELECT e.number FROM idmint.entity_numbers e"
+        "     WHERE e.number BETWEEN %(p)s * 1000000 AND %(p)s * 1000000 + 999999)) y GROUP BY 1) c"
         " ON c.shard = x.shard"
         " WHERE x.prefix = %(p)s AND x.issued <> coalesce(c.n, 0)",
         {"p": prefix},
@@ -140,11 +132,7 @@ def test_a_large_call_takes_no_more_shards_than_cover_it(connect: Connect) -> No
     covers the call (5 000 free)."""
     db = connect()
     db.execute("SELECT idmint.add_entity_type(7, 'review2 seven')")
-    db.execute(
-        "CREATE TEMP TABLE m7 AS SELECT 7000000 + v AS number,"
-        f" {SHARD_EXPR} AS shard"
-        " FROM generate_series(0, 999999) v, idmint.entity_ranges r WHERE r.prefix = 7"
-    )
+    db.execute(f"CREATE TEMP TABLE m7 AS SELECT number, shard FROM {type_partition(7)}")
     db.execute(
         "CREATE TEMP TABLE free7 AS SELECT number, shard FROM (SELECT m.*, row_number()"
         " OVER (PARTITION BY shard ORDER BY random()) rn FROM m7 m) x"
@@ -214,16 +202,7 @@ def test_a_repeatable_read_issuer_passes_over_stale_shards_while_others_have_roo
     stale: set[int] = set()
     while len(stale) < 190:
         number = gen(db, 3, 1)[0]
-        stale.add(
-            int(
-                scalar(
-                    db,
-                    f"SELECT {SHARD_EXPR.replace('%', '%%')} FROM idmint.entity_ranges r,"
-                    " (SELECT %s::integer %% 1000000 AS v) n WHERE r.prefix = 3",
-                    [int(number)],
-                )  # type: ignore[arg-type]
-            )
-        )
+        stale.add(shard_of(db, number))
     failures = []
     for _ in range(30):
         tx.execute("SAVEPOINT try")

@@ -14,17 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar, wait_until_blocked
-
-SHARD_OF = """
-    SELECT (get_byte(r.shard_key, %(n)s %% 200) + get_byte(r.shard_key, 400 + (%(n)s %% 1000000 / 200) %% 100)
-            + get_byte(r.shard_key, 500 + %(n)s %% 1000000 / 20000)) %% 200
-    FROM idmint.entity_ranges r WHERE r.prefix = %(n)s / 1000000
-"""
-
-
-def shard_of(db: psycopg.Connection, number: int | str) -> int:
-    return int(scalar(db, SHARD_OF, {"n": int(number)}))  # type: ignore[call-overload]
+from tests.util import Connect, raises_sqlstate, scalar, shard_of, wait_until_blocked
 
 
 def committed(db: psycopg.Connection, prefix: int) -> tuple[int, int, int]:

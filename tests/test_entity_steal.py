@@ -25,23 +25,11 @@ from tests.util import (
     only_free,
     raises_sqlstate,
     scalar,
+    shard_of,
     wait_until_blocked,
 )
 
 PREFIX = 9
-
-
-def shard_of(db: psycopg.Connection, number: int | str) -> int:
-    return int(
-        scalar(
-            db,
-            "SELECT (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)"
-            " + get_byte(k, 500 + v / 20000)) %% 200"
-            " FROM (SELECT r.shard_key AS k, %s::integer %% 1000000 AS v"
-            "       FROM idmint.entity_ranges r WHERE r.prefix = %s) x",
-            [int(number), PREFIX],
-        )  # type: ignore[arg-type]
-    )
 
 
 def assert_exact(db: psycopg.Connection) -> None:

@@ -116,17 +116,34 @@ def fuzz_texts(valid_looking: Sequence[str]) -> st.SearchStrategy[str | None]:
     )
 
 
+def type_partition(prefix: int) -> str:
+    """SQL for every number of a type with its shard (columns number, prefix, shard),
+    by the engine's own definition of the secret partition (superuser only)."""
+    return (
+        f"idmint._entity_shards_of(ARRAY(SELECT generate_series({prefix:d} * 1000000,"
+        f" {prefix:d} * 1000000 + 999999)))"
+    )
+
+
+def shard_of(db: psycopg.Connection, number: int | str) -> int:
+    """The shard of an entity number (superuser only)."""
+    return int(
+        scalar(db, "SELECT shard FROM idmint._entity_shards_of(ARRAY[%s::integer])", [int(number)])  # type: ignore[call-overload]
+    )
+
+
 def issue_directly(db: psycopg.Connection, prefix: int, per_shard: int) -> int:
-    """White-box set-up (superuser): issue the first `per_shard` members of every shard of
+    """White-box set-up (superuser): issue members 0 .. per_shard - 1 of every shard of
     type `prefix` by writing idmint's tables as the engine would leave them, without
-    spending a minute on calls. Member q of every shard lies in [200 q, 200 q + 200), so
-    these are exactly the numbers below 200 * per_shard. Returns how many."""
+    spending a minute on calls. Returns how many (200 * per_shard)."""
     count = 200 * per_shard
     db.execute(
         "INSERT INTO idmint.entity_numbers (number, issued_at, how, issued_by, issued_xid)"
-        " SELECT v, now(), 'gen', current_user, pg_current_xact_id()"
-        " FROM generate_series(%(p)s * 1000000, %(p)s * 1000000 + %(c)s - 1) AS v",
-        {"p": prefix, "c": count},
+        " SELECT %(p)s * 1000000 + m.v, now(), 'gen', current_user, pg_current_xact_id()"
+        " FROM idmint.entity_ranges r, generate_series(0, 199) AS s,"
+        " idmint._entity_members(r.shard_key, s, ARRAY(SELECT generate_series(0, %(c)s - 1))) AS m"
+        " WHERE r.prefix = %(p)s",
+        {"p": prefix, "c": per_shard},
     )
     db.execute("UPDATE idmint.entity_shards SET issued = %s WHERE prefix = %s", [per_shard, prefix])
     return count
@@ -159,13 +176,9 @@ def only_free(
     for s, (per, _) in free.items():
         db.execute("INSERT INTO want VALUES (%s, %s)", [s, per])
     db.execute(
-        """
+        f"""
         CREATE TEMP TABLE free AS
-        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
-        m AS (SELECT %(p)s * 1000000 + v AS number,
-                     (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
-                      + get_byte(k, 500 + v / 20000)) %% 200 AS shard
-              FROM generate_series(0, 999999) AS v, k)
+        WITH m AS (SELECT number, shard FROM {type_partition(prefix)})
         SELECT x.number, x.shard
         FROM (SELECT m.*, row_number() OVER (PARTITION BY m.shard ORDER BY random()) AS rn
               FROM m JOIN want w ON w.shard = m.shard) x
@@ -211,12 +224,10 @@ def check_exact(db: psycopg.Connection, prefix: int) -> list[tuple[object, ...]]
     still held, or whose deck differs from their free numbers. Empty when all is exact."""
     return db.execute(
         """
-        WITH k AS (SELECT r.shard_key AS k FROM idmint.entity_ranges r WHERE r.prefix = %(p)s),
-        rows AS (
-            SELECT (get_byte(k, v %% 200) + get_byte(k, 400 + (v / 200) %% 100)
-                    + get_byte(k, 500 + v / 20000)) %% 200 AS shard, count(*) AS n
-            FROM (SELECT e.number %% 1000000 AS v FROM idmint.entity_numbers e
-                  WHERE e.number / 1000000 = %(p)s) e, k
+        WITH rows AS (
+            SELECT x.shard, count(*) AS n
+            FROM idmint._entity_shards_of(ARRAY(SELECT e.number FROM idmint.entity_numbers e
+                                                WHERE e.number / 1000000 = %(p)s)) x
             GROUP BY 1)
         SELECT x.shard, x.issued, coalesce(t.n, 0) AS stolen, coalesce(rows.n, 0) AS rows,
                (SELECT count(*) FROM idmint.entity_free f WHERE f.prefix = x.prefix AND f.shard = x.shard)
