@@ -12,7 +12,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.util import Connect, gen, issue_directly, raises_sqlstate, scalar
+from tests.util import Connect, gen, issue_directly, number_state, raises_sqlstate, scalar
 
 ENTITY = """
 CREATE TABLE own.a (k text PRIMARY KEY, pn text UNIQUE);
@@ -24,15 +24,6 @@ CREATE TRIGGER a_pn BEFORE INSERT OR UPDATE OR DELETE ON own.a FOR EACH ROW
 @pytest.fixture
 def app(app_connect: Connect) -> psycopg.Connection:
     return app_connect()
-
-
-def state(db: psycopg.Connection, number: str) -> tuple[bool, bool]:
-    """(issued, bound) of an entity number, read as idmint's owner."""
-    row = db.execute(
-        "SELECT true, bound_at IS NOT NULL FROM idmint.entity_numbers WHERE number = %s",
-        [int(number)],
-    ).fetchone()
-    return (False, False) if row is None else (bool(row[0]), bool(row[1]))
 
 
 def issued(db: psycopg.Connection) -> int:
@@ -101,7 +92,7 @@ def test_numbers_replaced_in_their_rows_own_transaction_stay_issued_and_bound_an
     seen = [str(r[0]) for r in app.execute("SELECT pn FROM own.seen ORDER BY n").fetchall()]
     stored_or_replaced = set(seen)
     for pn in carried:
-        assert state(db, pn) == (True, True), f"{pn} carried by a stored row"
+        assert number_state(db, pn) == (True, True), f"{pn} carried by a stored row"
     numbers = {
         str(r[0]): bool(r[1])
         for r in db.execute(

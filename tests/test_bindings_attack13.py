@@ -39,22 +39,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.util import Connect, raises_sqlstate, scalar
+from tests.util import Connect, number_state, raises_sqlstate, scalar, victim_driver
 
 VICTIM = """
 CREATE TABLE public.orders (id int PRIMARY KEY, num varchar(7) UNIQUE);
 CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON public.orders FOR EACH ROW
     EXECUTE FUNCTION idmint.assign_entity_number('num', 'order');
 """
-
-
-def state(db: psycopg.Connection, number: str | int) -> tuple[bool, bool]:
-    """(issued, bound) of an entity number, read as idmint's owner."""
-    row = db.execute(
-        "SELECT true, bound_at IS NOT NULL FROM idmint.entity_numbers WHERE number = %s",
-        [int(number)],
-    ).fetchone()
-    return (False, False) if row is None else (bool(row[0]), bool(row[1]))
 
 
 def own_table(app: psycopg.Connection, name: str, coltype: str) -> None:
@@ -96,7 +87,7 @@ def test_an_app_role_cannot_unbind_another_roles_number_by_naming_its_table_oid(
         app.execute("INSERT INTO own.mine (id, num) VALUES (1, %s)", [n])
     assert info.value.sqlstate is not None and info.value.sqlstate.startswith("ID")
     assert scalar(db, "SELECT count(*) FROM own.mine") == 0
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
 
 
 def test_an_app_role_cannot_leave_another_roles_number_unbound_for_good(
@@ -122,7 +113,7 @@ def test_an_app_role_cannot_leave_another_roles_number_unbound_for_good(
             )
     except psycopg.Error as e:
         assert e.sqlstate is not None and e.sqlstate.startswith("ID"), e
-    assert state(db, n) == (True, True), "another role's stored row lost its binding"
+    assert number_state(db, n) == (True, True), "another role's stored row lost its binding"
 
 
 def test_an_app_role_cannot_unbind_another_roles_driver_id_by_naming_its_table_oid(
@@ -134,15 +125,7 @@ def test_an_app_role_cannot_unbind_another_roles_driver_id_by_naming_its_table_o
         SELECT idmint.unbind_driver_id(<oid of public.drivers>::regclass, 'driver_id', 'DRV-001ABC');
         INSERT INTO own.mine VALUES ('ABC', 'DRV-001ABC');   -- accepted: two rows
         COMMIT;"""
-    db.execute("SELECT idmint.add_fleet('North', 'ABC')")
-    db.execute(
-        "CREATE TABLE public.drivers (email text PRIMARY KEY, fleet text, driver_id text UNIQUE);"
-        "CREATE TRIGGER d BEFORE INSERT OR UPDATE OR DELETE ON public.drivers FOR EACH ROW"
-        " EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id')"
-    )
-    assert scalar(db, "INSERT INTO public.drivers VALUES ('a@x', 'ABC') RETURNING driver_id") == (
-        "DRV-001ABC"
-    )
+    assert victim_driver(db) == "DRV-001ABC"
     victim = scalar(db, "SELECT 'public.drivers'::regclass::oid")
     app = app_connect()
     app.execute(
@@ -175,13 +158,7 @@ def test_an_app_role_cannot_leave_another_roles_driver_id_unbound_for_good(
         SELECT idmint.unbind_driver_id(<oid of public.drivers>::regclass, 'driver_id', 'DRV-001ABC'),
                idmint.bind_driver_id('own.mine', 'driver_id', 'ABC', 'DRV-001ABC');
         COMMIT;  -- DRV-001ABC assigned, unbound, while public.drivers' row carries it"""
-    db.execute("SELECT idmint.add_fleet('North', 'ABC')")
-    db.execute(
-        "CREATE TABLE public.drivers (email text PRIMARY KEY, fleet text, driver_id text UNIQUE);"
-        "CREATE TRIGGER d BEFORE INSERT OR UPDATE OR DELETE ON public.drivers FOR EACH ROW"
-        " EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id')"
-    )
-    db.execute("INSERT INTO public.drivers VALUES ('a@x', 'ABC')")
+    victim_driver(db)
     victim = scalar(db, "SELECT 'public.drivers'::regclass::oid")
     app = app_connect()
     app.execute("CREATE TABLE own.mine (fleet text, driver_id text)")
@@ -207,7 +184,7 @@ def test_an_unbind_by_oid_alone_is_undone_at_commit(
     victim = scalar(db, "SELECT 'public.orders'::regclass::oid")
     app = app_connect()
     app.execute("SELECT idmint.unbind_entity_number(%s::oid::regclass, 'num', %s)", [victim, n])
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
     with raises_sqlstate("ID004"):
         app.execute("SELECT idmint.claim_entity_number(%s)", [n])
 
@@ -223,14 +200,14 @@ def test_a_same_named_table_of_the_attacker_does_not_unbind_the_victims_number(
     app = app_connect()
     own_table(app, "orders", "varchar(7)")
     app.execute("SELECT idmint.unbind_entity_number('own.orders', 'num', %s)", [n])
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
     with raises_sqlstate("ID004"):
         app.execute("INSERT INTO own.orders (id, num) VALUES (1, %s)", [n])
     with app.transaction():
         app.execute("SELECT idmint.unbind_entity_number('own.orders', 'num', %s)", [n])
         with raises_sqlstate("ID004"), app.transaction():
             app.execute("INSERT INTO own.orders (id, num) VALUES (1, %s)", [n])
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
 
 
 # --- Finding I: trailing blanks in a text column -----------------------------------------
@@ -257,7 +234,7 @@ def test_a_trailing_blank_in_a_text_column_is_malformed_not_un_issued(
         assert scalar(db, "SELECT count(*) FROM own.t") == 0
         return
     stored = scalar(db, "SELECT num FROM own.t")
-    assert state(db, 4000001) == (True, True), f"row stores {stored!r}, number not bound"
+    assert number_state(db, 4000001) == (True, True), f"row stores {stored!r}, number not bound"
 
 
 # --- Finding J: a jsonb number column ----------------------------------------------------
@@ -280,7 +257,7 @@ def test_a_jsonb_column_keeps_its_new_number_issued(
         assert e.sqlstate == "ID003", e
         return
     assert isinstance(num, str)
-    assert state(db, num) == (True, True), f"row stores {num}, number not bound"
+    assert number_state(db, num) == (True, True), f"row stores {num}, number not bound"
 
 
 # --- Withstood: the look-up for every accepted column type -------------------------------
@@ -316,30 +293,30 @@ def test_the_commit_look_up_finds_stored_rows_of_every_column_type(
     )
     own_table(app, "t", COLUMN_TYPES[kind])
     app.execute("INSERT INTO own.t (id, num) VALUES (1, '4000001')")
-    assert state(db, 4000001) == (True, True)
+    assert number_state(db, 4000001) == (True, True)
     app.execute("INSERT INTO own.t (id, num) VALUES (1, '4000002') ON CONFLICT (id) DO NOTHING")
     app.execute(
         "INSERT INTO own.t (id, num) VALUES (1, '4000003')"
         " ON CONFLICT (id) DO UPDATE SET note = 'x'"
     )
-    assert state(db, 4000002) == (False, False)
-    assert state(db, 4000003) == (False, False)
-    assert state(db, 4000001) == (True, True)
+    assert number_state(db, 4000002) == (False, False)
+    assert number_state(db, 4000003) == (False, False)
+    assert number_state(db, 4000001) == (True, True)
     # Stored in this transaction, updated and deleted in the next.
     with app.transaction():
         app.execute("INSERT INTO own.t (id, num) VALUES (2, '4000004')")
         app.execute("UPDATE own.t SET note = 'y' WHERE id = 2")
-    assert state(db, 4000004) == (True, True)
+    assert number_state(db, 4000004) == (True, True)
     app.execute("DELETE FROM own.t WHERE id = 1")
-    assert state(db, 4000001) == (True, False)
+    assert number_state(db, 4000001) == (True, False)
     app.execute("INSERT INTO own.t (id, num) VALUES (3, '4000001')")
-    assert state(db, 4000001) == (True, True)
+    assert number_state(db, 4000001) == (True, True)
     with raises_sqlstate("ID004"):
         app.execute("INSERT INTO own.t (id, num) VALUES (4, '4000004')")
     if kind != "enum":
         num = scalar(app, "INSERT INTO own.t (id) VALUES (5) RETURNING num::text")
         assert isinstance(num, str)
-        assert state(db, num.rstrip(" ").removesuffix(".00")) == (True, True)
+        assert number_state(db, num.rstrip(" ").removesuffix(".00")) == (True, True)
 
 
 # --- Withstood: malformed values are ID003 -----------------------------------------------
@@ -380,9 +357,9 @@ def test_an_exponent_in_a_numeric_column_binds_the_number_stored(
     app = app_connect()
     own_table(app, "t", "numeric")
     app.execute("INSERT INTO own.t (id, num) VALUES (1, '4.000001e6')")
-    assert state(db, 4000001) == (True, True)
+    assert number_state(db, 4000001) == (True, True)
     app.execute("DELETE FROM own.t")
-    assert state(db, 4000001) == (True, False)
+    assert number_state(db, 4000001) == (True, False)
 
 
 # --- Finding K: a table recreated under its name (new oid) never unbinds -----------------
@@ -415,9 +392,9 @@ def test_delete_unbinds_after_the_table_is_recreated_under_its_name(
         " EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
     )
     db.execute("DELETE FROM public.orders WHERE id = 1")
-    assert state(db, n) == (True, False)
+    assert number_state(db, n) == (True, False)
     db.execute("INSERT INTO public.orders VALUES (2, %s)", [n])
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
 
 
 def test_a_char_driver_id_column_unbinds_on_delete(db: psycopg.Connection) -> None:
@@ -483,8 +460,8 @@ def test_copy_with_a_trailing_blank_into_a_text_column(
         assert e.sqlstate == "ID003", e
         assert scalar(db, "SELECT count(*) FROM own.t") == 0
         return
-    assert state(db, 4000001) == (True, True)
-    assert state(db, 4000002) == (True, True), "row stores '4000002 ', number not issued"
+    assert number_state(db, 4000001) == (True, True)
+    assert number_state(db, 4000002) == (True, True), "row stores '4000002 ', number not issued"
 
 
 @pytest.mark.parametrize(

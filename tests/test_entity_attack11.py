@@ -40,18 +40,18 @@ import threading
 import psycopg
 import pytest
 
-from tests.util import Connect, check_exact, entity_rows, issued, raises_sqlstate, scalar
+from tests.util import (
+    Connect,
+    check_exact,
+    entity_rows,
+    issued,
+    number_state,
+    raises_sqlstate,
+    scalar,
+    victim_driver,
+)
 
 ORDER = 4
-
-
-def state(db: psycopg.Connection, number: str) -> tuple[bool, bool]:
-    """(issued, bound) of an entity number, read as idmint's owner."""
-    row = db.execute(
-        "SELECT true, bound_at IS NOT NULL FROM idmint.entity_numbers WHERE number = %s",
-        [int(number)],
-    ).fetchone()
-    return (False, False) if row is None else (bool(row[0]), bool(row[1]))
 
 
 VICTIM = """
@@ -81,7 +81,7 @@ def test_an_app_role_cannot_unbind_a_number_another_roles_row_carries(
         INSERT INTO own.mine VALUES ('N');  -- accepted: N is now in two rows"""
     db.execute(VICTIM)
     n = str(scalar(db, "INSERT INTO public.orders (id) VALUES (1) RETURNING num"))
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
     app = app_connect()
     app.execute(
         "CREATE TABLE own.mine (num varchar(7));"
@@ -93,7 +93,7 @@ def test_an_app_role_cannot_unbind_a_number_another_roles_row_carries(
     except psycopg.Error as e:
         assert e.sqlstate is not None and e.sqlstate.startswith("ID"), e
     # The victim's row is stored and carries n: it must still be bound.
-    assert state(db, n) == (True, True), "another role's stored row lost its binding"
+    assert number_state(db, n) == (True, True), "another role's stored row lost its binding"
     with raises_sqlstate("ID004"):
         app.execute("INSERT INTO own.mine VALUES (%s)", [n])
     assert scalar(db, "SELECT count(*) FROM own.mine WHERE num = %s", [n]) == 0
@@ -136,7 +136,7 @@ def test_an_app_tables_own_json_cast_cannot_unbind_another_roles_number(
         except psycopg.Error as e:
             assert e.sqlstate is not None and e.sqlstate.startswith("ID"), e
             raise
-    assert state(db, n) == (True, True), "another role's stored row lost its binding"
+    assert number_state(db, n) == (True, True), "another role's stored row lost its binding"
     with raises_sqlstate("ID004"):
         app.execute("INSERT INTO own.en VALUES (%s)", [n])
 
@@ -150,15 +150,7 @@ def test_an_app_role_cannot_unbind_a_driver_id_another_roles_row_carries(
 
         SELECT idmint.unbind_driver_id('own.mine', 'driver_id', 'DRV-001ABC');
         INSERT INTO own.mine VALUES ('ABC', 'DRV-001ABC');  -- accepted: two rows"""
-    db.execute("SELECT idmint.add_fleet('North', 'ABC')")
-    db.execute(
-        "CREATE TABLE public.drivers (email text PRIMARY KEY, fleet text, driver_id text UNIQUE);"
-        "CREATE TRIGGER d BEFORE INSERT OR UPDATE OR DELETE ON public.drivers FOR EACH ROW"
-        " EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id')"
-    )
-    assert scalar(db, "INSERT INTO public.drivers VALUES ('a@x', 'ABC') RETURNING driver_id") == (
-        "DRV-001ABC"
-    )
+    assert victim_driver(db) == "DRV-001ABC"
     app = app_connect()
     app.execute(
         "CREATE TABLE own.mine (fleet text, driver_id text);"
@@ -241,9 +233,9 @@ def test_a_deleted_rows_number_may_be_carried_again_with_a_not_null_domain_colum
     )
     n = str(scalar(app, "INSERT INTO own.customers (email) VALUES ('a@x') RETURNING num"))
     app.execute("DELETE FROM own.customers")
-    assert state(db, n) == (True, False), "a deleted row's number must be unbound"
+    assert number_state(db, n) == (True, False), "a deleted row's number must be unbound"
     app.execute("INSERT INTO own.customers VALUES ('b@x', %s)", [n])
-    assert state(db, n) == (True, True)
+    assert number_state(db, n) == (True, True)
 
 
 # --- Finding E: the public bind_entity_numbers and odd arrays ----------------------------
@@ -320,8 +312,10 @@ def test_delete_and_update_of_a_char8_column_follow_the_binding_rules(
     )
     app.execute("UPDATE own.c8 SET num = NULL WHERE k = 3")
     app.commit()
-    assert state(db, replaced) == (True, True), "the replaced number must stay issued and bound"
-    assert state(db, deleted) == (True, False), "a deleted row's number must be unbound"
+    assert number_state(db, replaced) == (True, True), (
+        "the replaced number must stay issued and bound"
+    )
+    assert number_state(db, deleted) == (True, False), "a deleted row's number must be unbound"
 
 
 # --- COPY as the app role: DEFAULT, trigger, partitioned, a domain CHECK failing midway ----
@@ -372,9 +366,9 @@ def assert_rows_exact(db: psycopg.Connection) -> None:
     for t, nums in app_numbers(db).items():
         seen += nums
         for n in nums:
-            assert state(db, n)[0], f"{t}: stored {n} not issued"
+            assert number_state(db, n)[0], f"{t}: stored {n} not issued"
             if TRIGGERED[t]:
-                assert state(db, n) == (True, True), f"{t}: stored {n} not bound"
+                assert number_state(db, n) == (True, True), f"{t}: stored {n} not bound"
     assert len(seen) == len(set(seen)), "a number stored in two rows"
     assert issued(db, ORDER) == entity_rows(db, ORDER)
     assert check_exact(db, ORDER) == []
@@ -515,11 +509,11 @@ def test_a_claim_that_times_out_waiting_for_a_holder_is_retried_after_its_commit
         app.rollback()
     assert got == ["55P03", "57014"], got
     holder.commit()
-    assert state(db, spare) == (False, False)
+    assert number_state(db, spare) == (False, False)
     app.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
     app.execute("INSERT INTO own.t (v, num) VALUES (1, %s)", [spare])
     app.commit()
-    assert state(db, spare) == (True, True)
+    assert number_state(db, spare) == (True, True)
     assert issued(db, ORDER) == len(kept) + 1
     assert_rows_exact(db)
 
@@ -645,7 +639,7 @@ def test_no_app_code_runs_as_idmint_and_every_rule_holds(
     assert len(stored) == len(set(stored))
     for t in ("t", "p", "legacy"):
         for (n,) in db.execute(f"SELECT num FROM own.{t}").fetchall():
-            assert state(db, n) == (True, True), (t, n)
+            assert number_state(db, n) == (True, True), (t, n)
     # Issued: the stored numbers, the one the DELETE left (issued, unbound), the one the
     # partition move kept, nothing else (the upserts stored nothing).
     assert issued(db, ORDER) == entity_rows(db, ORDER)

@@ -132,6 +132,27 @@ def shard_of(db: psycopg.Connection, number: int | str) -> int:
     )
 
 
+def number_state(db: psycopg.Connection, number: str | int) -> tuple[bool, bool]:
+    """(issued, bound) of an entity number, read as idmint's owner."""
+    row = db.execute(
+        "SELECT true, bound_at IS NOT NULL FROM idmint.entity_numbers WHERE number = %s",
+        [int(number)],
+    ).fetchone()
+    return (False, False) if row is None else (bool(row[0]), bool(row[1]))
+
+
+def victim_driver(db: psycopg.Connection) -> object:
+    """Fleet North (ABC) and a table public.drivers with the driver-id trigger, holding
+    one row; returns the driver id the row got."""
+    db.execute("SELECT idmint.add_fleet('North', 'ABC')")
+    db.execute(
+        "CREATE TABLE public.drivers (email text PRIMARY KEY, fleet text, driver_id text UNIQUE);"
+        "CREATE TRIGGER d BEFORE INSERT OR UPDATE OR DELETE ON public.drivers FOR EACH ROW"
+        " EXECUTE FUNCTION idmint.assign_driver_id('fleet', 'driver_id')"
+    )
+    return scalar(db, "INSERT INTO public.drivers VALUES ('a@x', 'ABC') RETURNING driver_id")
+
+
 def issue_directly(db: psycopg.Connection, prefix: int, per_shard: int) -> int:
     """White-box set-up (superuser): issue members 0 .. per_shard - 1 of every shard of
     type `prefix` by writing idmint's tables as the engine would leave them, without
