@@ -125,7 +125,7 @@ def test_uuid_argument_uses_the_uuid_overload(db: psycopg.Connection, fleet: uui
     ("fleet", "sqlstate"),
     [
         ("XYZ", "ID002"),
-        (str(uuid.uuid4()), "ID002"),
+        ("5b1c3a52-6f0e-4d7e-9a43-0c2f1e8d7b69", "ID002"),  # a uuid no fleet has
         ("AB", "ID003"),
         ("ab0", "ID003"),
         (" ABC", "ID003"),
