@@ -7,7 +7,8 @@
 * the ORM path: 10 000 rows into a table whose varchar(7) column has
   `DEFAULT idmint.gen_entity_number('order')`, against the same rows numbered by one
   `gen_entity_numbers('order', 10000)` call; also the trigger path
-  (`assign_entity_number`, NULL column) and a plain insert of known numbers (the floor).
+  (`assign_entity_number`, NULL column), the two together (the DEFAULT's number bound by
+  the trigger, as the contract pairs them) and a plain insert of known numbers (the floor).
   Each run is one INSERT ... SELECT in its own transaction, rolled back (the fill stays 0).
 """
 
@@ -39,6 +40,14 @@ def setup(conn: psycopg.Connection[Any]) -> None:
     conn.execute("CREATE TABLE benchapp.by_trigger (id integer, num varchar(7) UNIQUE)")
     conn.execute(
         "CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON benchapp.by_trigger"
+        " FOR EACH ROW EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
+    )
+    conn.execute(
+        "CREATE TABLE benchapp.by_both (id integer,"
+        " num varchar(7) UNIQUE DEFAULT idmint.gen_entity_number('order'))"
+    )
+    conn.execute(
+        "CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON benchapp.by_both"
         " FOR EACH ROW EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
     )
 
@@ -126,6 +135,10 @@ def orm_path(conn: psycopg.Connection[Any], reps: int) -> dict[str, Any]:
             "INSERT INTO benchapp.by_trigger (id) SELECT g FROM generate_series(1, %s) g",
             [ROWS],
         ),
+        "default_trigger": (
+            "INSERT INTO benchapp.by_both (id) SELECT g FROM generate_series(1, %s) g",
+            [ROWS],
+        ),
         "plain": (
             "INSERT INTO benchapp.plain (id, num) SELECT g, x"
             " FROM unnest(%s::text[]) WITH ORDINALITY AS u(x, g)",
@@ -146,6 +159,7 @@ def orm_path(conn: psycopg.Connection[Any], reps: int) -> dict[str, Any]:
         "raw_ms": out,
         "default_over_bulk": med["default"] / med["bulk"],
         "trigger_over_bulk": med["trigger"] / med["bulk"],
+        "default_trigger_over_bulk": med["default_trigger"] / med["bulk"],
         "bulk_over_plain": med["bulk"] / med["plain"],
     }
 
@@ -175,6 +189,7 @@ def run(dsn: str, quick: bool, log: Any = print) -> dict[str, Any]:
         "  ORM path, 10 000 rows (ms): "
         + ", ".join(f"{k} {v:.1f}" for k, v in orm["ms"].items())
         + f"; default/bulk {orm['default_over_bulk']:.2f},"
-        + f" trigger/bulk {orm['trigger_over_bulk']:.2f}"
+        + f" trigger/bulk {orm['trigger_over_bulk']:.2f},"
+        + f" default+trigger/bulk {orm['default_trigger_over_bulk']:.2f}"
     )
     return result

@@ -218,6 +218,12 @@ def app_targets(app: dict[str, Any] | None) -> list[dict[str, Any]]:
             4,
         ),
         ("ORM path (extra): trigger / one bulk call", orm["trigger_over_bulk"], "<=", 4),
+        (
+            "ORM path (extra): DEFAULT + trigger / one bulk call",
+            orm["default_trigger_over_bulk"],
+            "<=",
+            4,
+        ),
     ]
     return [
         {

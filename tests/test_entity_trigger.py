@@ -348,3 +348,30 @@ def test_backfill_runs_with_the_callers_rights(
         == 20
     )
     assert scalar(db, "SELECT count(*) FROM app.parts WHERE part_number IS NULL") == 0
+
+
+def test_bindings_look_up_by_key_however_many_rows_the_transaction_wrote(
+    parts: psycopg.Connection, connect: Connect
+) -> None:
+    # A binding's look-ups are by key; a plan made while idmint's tables looked small read
+    # a whole table for each row, so each row cost more than the last (quadratic).
+    conn = connect(autocommit=False)
+    conn.execute("INSERT INTO app.parts (name) SELECT 'p' FROM generate_series(1, 500)")
+    plans: list[str] = []
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("INSERT INTO app.parts (name) SELECT 'p' FROM generate_series(1, 20)")
+    conn.execute(
+        "UPDATE app.parts SET part_number = idmint.gen_entity_number('part') WHERE id <= 20"
+    )
+    conn.execute("DELETE FROM app.parts WHERE id > 500")
+    assert len(plans) > 100  # the trigger's own statements, each row
+    scans = [
+        m.group(0)
+        for plan in plans
+        for m in re.finditer(r"Seq Scan on (entity_numbers|pending_bindings)\b", plan)
+    ]
+    assert scans == []
+    conn.rollback()
