@@ -3719,6 +3719,10 @@ DECLARE
     kept constant jsonb := (SELECT jsonb_object_agg(u.id, true) FROM unnest(stored) AS u(id));
     settled integer := 0;
     types integer[] := '{}';  -- entity types whose bindings were settled
+    -- Entity numbers to give back, in one call after the loop: one call per number
+    -- updated the same shard row again and again, and each update had to pass the row's
+    -- earlier versions (40 000 rows an upsert did not store: minutes at commit).
+    give_back integer[] := '{}';
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         PERFORM idmint._error('invalid_argument',
@@ -3751,7 +3755,7 @@ BEGIN
                 UPDATE idmint.entity_numbers e SET bound_at = NULL, bound_to = NULL WHERE e.number = p.number;
             END IF;
         ELSIF p.kind = 'entity' THEN
-            PERFORM idmint._unissue_entity_numbers(ARRAY[p.number]);
+            give_back := give_back || p.number;
         ELSIF p.origin = 'new' THEN
             -- Given back: reissued lowest first, as if the row had never been proposed.
             UPDATE idmint.driver_numbers d
@@ -3774,6 +3778,7 @@ BEGIN
             VALUES (p.fleet_id, p.number, 'reserved', 'confirmation undone: the row was not stored');
         END IF;
     END LOOP;
+    PERFORM idmint._unissue_entity_numbers(give_back);
     -- The capacity thresholds the commit-time count left to the settling (_entity_flush),
     -- per type, now that no binding of it is pending. Also for a type with a number
     -- un-issued: a count it triggers checks again, but the un-issue of a number taken
