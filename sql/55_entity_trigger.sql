@@ -95,9 +95,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p integer;
+    given text[];  -- the values that are not NULL
+    new_count integer;
     fresh text[];
     i integer;
-    new_count integer;
     result text[] := numbers;
 BEGIN
     PERFORM idmint._prepare_binding(tbl, col);
@@ -121,10 +122,11 @@ BEGIN
         RETURN result;
     END IF;
     p := idmint._entity_prefix(entity);
+    given := array_remove(numbers, NULL);
+    new_count := cardinality(numbers) - cardinality(given);
 
     -- NULLs get new numbers (at most 100 000 a call, like gen_entity_numbers), issued bound.
-    IF array_position(numbers, NULL) IS NOT NULL THEN
-        new_count := cardinality(numbers) - cardinality(array_remove(numbers, NULL));
+    IF new_count > 0 THEN
         IF new_count = 1 THEN
             fresh := ARRAY[idmint._issue_entity_number(p::text, how, tbl)];  -- a row trigger's case
         ELSE
@@ -141,8 +143,8 @@ BEGIN
         SELECT 'entity', x::integer, tbl, col, x, 'new', false, how = 'backfill' FROM unnest(fresh) AS x;
     END IF;
 
-    IF cardinality(array_remove(numbers, NULL)) > 0 THEN
-        PERFORM idmint._bind_entity_values(tbl, col, p, array_remove(numbers, NULL));
+    IF cardinality(given) > 0 THEN
+        PERFORM idmint._bind_entity_values(tbl, col, p, given);
     END IF;
     RETURN result;
 END
