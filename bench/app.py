@@ -10,6 +10,9 @@
   (`assign_entity_number`, NULL column), the two together (the DEFAULT's number bound by
   the trigger, as the contract pairs them) and a plain insert of known numbers (the floor).
   Each run is one INSERT ... SELECT in its own transaction, rolled back (the fill stays 0).
+* one long transaction: the DEFAULT + trigger path in chunks of 10 000 rows (a row must not
+  cost more for the rows before it), its commit, and the commit of an upsert that stores
+  none of those rows again (every number given back).
 """
 
 from __future__ import annotations
@@ -37,19 +40,20 @@ def setup(conn: psycopg.Connection[Any]) -> None:
         " num varchar(7) NOT NULL UNIQUE DEFAULT idmint.gen_entity_number('order'))"
     )
     conn.execute("CREATE TABLE benchapp.plain (id integer, num varchar(7) NOT NULL UNIQUE)")
-    conn.execute("CREATE TABLE benchapp.by_trigger (id integer, num varchar(7) UNIQUE)")
-    conn.execute(
-        "CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON benchapp.by_trigger"
-        " FOR EACH ROW EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
-    )
-    conn.execute(
-        "CREATE TABLE benchapp.by_both (id integer,"
-        " num varchar(7) UNIQUE DEFAULT idmint.gen_entity_number('order'))"
-    )
-    conn.execute(
-        "CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON benchapp.by_both"
-        " FOR EACH ROW EXECUTE FUNCTION idmint.assign_entity_number('num', 'order')"
-    )
+    # The trigger alone, with the DEFAULT ('order', rolled back), and in one long
+    # transaction that commits ('quote', so that the order type stays at 0 % fill).
+    for table, entity, default in (
+        ("by_trigger", "order", False),
+        ("by_both", "order", True),
+        ("long_tx", "quote", True),
+    ):
+        column = f" DEFAULT idmint.gen_entity_number('{entity}')" if default else ""
+        conn.execute(f"CREATE TABLE benchapp.{table} (id integer, num varchar(7) UNIQUE{column})")
+        conn.execute(
+            f"CREATE TRIGGER num BEFORE INSERT OR UPDATE OR DELETE ON benchapp.{table}"
+            f" FOR EACH ROW EXECUTE FUNCTION idmint.assign_entity_number('num', '{entity}')"
+        )
+    conn.execute("ALTER TABLE benchapp.long_tx ADD PRIMARY KEY (id)")
 
 
 # --- open app transactions -----------------------------------------------------------
@@ -164,6 +168,40 @@ def orm_path(conn: psycopg.Connection[Any], reps: int) -> dict[str, Any]:
     }
 
 
+def long_transaction(conn: psycopg.Connection[Any], chunks: int) -> dict[str, Any]:
+    """DEFAULT + trigger, `chunks` statements of ROWS rows in one transaction: µs per row of
+    each chunk (flat if no row costs more for the rows before it), then the commit; then
+    the same ids again with NULL numbers through an upsert that stores none of them (the
+    trigger's new numbers all given back at commit), and its commit."""
+    per_row: list[float] = []
+    for i in range(chunks):
+        t0 = time.perf_counter()
+        conn.execute(
+            "INSERT INTO benchapp.long_tx (id) SELECT g FROM generate_series(%s::int, %s::int) g",
+            [i * ROWS + 1, (i + 1) * ROWS],
+        )
+        per_row.append((time.perf_counter() - t0) * 1e6 / ROWS)
+    t0 = time.perf_counter()
+    conn.commit()
+    commit_ms = (time.perf_counter() - t0) * 1000
+    # NULL, not the DEFAULT: the trigger issues each row a number, given back at commit.
+    conn.execute(
+        "INSERT INTO benchapp.long_tx (id, num) SELECT g, NULL FROM generate_series(1, %s) g"
+        " ON CONFLICT DO NOTHING",
+        [chunks * ROWS],
+    )
+    t0 = time.perf_counter()
+    conn.commit()
+    upsert_commit_ms = (time.perf_counter() - t0) * 1000
+    return {
+        "rows": chunks * ROWS,
+        "us_per_row": per_row,
+        "last_over_first": per_row[-1] / per_row[0],
+        "commit_ms": commit_ms,
+        "upsert_nothing_commit_ms": upsert_commit_ms,
+    }
+
+
 def run(dsn: str, quick: bool, log: Any = print) -> dict[str, Any]:
     seconds = 5.0 if quick else 15.0
     reps = 3 if quick else 7
@@ -191,5 +229,14 @@ def run(dsn: str, quick: bool, log: Any = print) -> dict[str, Any]:
         + f"; default/bulk {orm['default_over_bulk']:.2f},"
         + f" trigger/bulk {orm['trigger_over_bulk']:.2f},"
         + f" default+trigger/bulk {orm['default_trigger_over_bulk']:.2f}"
+    )
+    with psycopg.connect(dsn) as conn:
+        long_tx = long_transaction(conn, 3 if quick else 6)
+    result["long_tx"] = long_tx
+    log(
+        f"  one transaction, DEFAULT + trigger, {long_tx['rows']} rows: µs per row by chunk "
+        + " / ".join(f"{x:.0f}" for x in long_tx["us_per_row"])
+        + f" (last/first {long_tx['last_over_first']:.2f}), commit {long_tx['commit_ms']:.0f} ms;"
+        + f" an upsert storing none of them: commit {long_tx['upsert_nothing_commit_ms']:.0f} ms"
     )
     return result

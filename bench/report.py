@@ -225,6 +225,15 @@ def app_targets(app: dict[str, Any] | None) -> list[dict[str, Any]]:
             4,
         ),
     ]
+    if app.get("long_tx"):
+        rows.append(
+            (
+                "one transaction (extra): last chunk / first chunk, µs per row",
+                app["long_tx"]["last_over_first"],
+                "<=",
+                1.5,
+            )
+        )
     return [
         {
             "target": t,
