@@ -3718,7 +3718,8 @@ DECLARE
     p idmint.pending_bindings;
     -- `stored` as a set: `pending_id = ANY (stored)` for each row made a commit quadratic
     -- in its bindings (20 000: 0.6 s of the commit); a jsonb key look-up is a binary search.
-    kept constant jsonb := (SELECT jsonb_object_agg(u.id, true) FROM unnest(stored) AS u(id));
+    kept constant jsonb := (SELECT jsonb_object_agg(u.id, true) FROM unnest(stored) AS u(id)
+                            WHERE u.id IS NOT NULL);  -- (a NULL key raises 22023)
     settled integer := 0;
     types integer[] := '{}';  -- entity types whose bindings were settled
     -- Entity numbers to give back, in one call after the loop: one call per number

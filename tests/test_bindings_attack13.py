@@ -486,6 +486,7 @@ def test_copy_with_a_trailing_blank_into_a_text_column(
         "SELECT idmint.bind_driver_id('own.t', 'num', 'ZZZ', NULL)",
         "SELECT idmint.bind_driver_id('own.t', 'num', 'ABC', 'DRV-001ABC ')",
         "SELECT idmint.settle_bindings('{1}', '{1}')",
+        "SELECT idmint.settle_bindings('{1}', '{NULL}')",
     ],
 )
 def test_direct_calls_of_the_binding_helpers_raise_only_documented_states(
